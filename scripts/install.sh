@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create .venv (once) and install reslabel with its job and test extras, pinned by constraints.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.reslabel-installed
+want=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[jobs,test]" 2>&1 \
+    | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import torch, open_clip, ray, pyarrow, pycocotools, cv2" \
+    || { echo "install.sh: dependencies failed to import" >&2; exit 1; }
+  echo "$want" > "$stamp"
+fi

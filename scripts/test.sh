@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The test command of README.md and .ci/run: install (if needed), then run the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+exec .venv/bin/python -m pytest -q -ra --durations=15 "$@"
