@@ -1,0 +1,162 @@
+"""Dense forward of the ViT for a batch of same-size crops (METHODS.md §1.4, §1.6, §2).
+
+``crop_logits`` is the whole per-crop method: embed → layers 1..L−1 (capturing the RCS layers'
+attention) → the variant's last block (twice for SFR: a preliminary pass, PAMR, patch labels, Ŝ) →
+``ln_post`` on all tokens → ``proj`` → cosine logits with the text embeddings → bilinear to crop size.
+All tensors are batch-first: tokens (B, T, D) with T = 1 + hp·wp.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.models import Block, VisionParts
+from pipeline.pamr import pamr
+from pipeline.sfr import patch_labels, sfr_matrix
+from pipeline.variants import Variant, attention_probs, gaussian_prior
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseParams:
+    """The per-crop knobs of ``crop_logits`` (a subset of ``SegmenterConfig``)."""
+
+    variant: Variant
+    gaussian_std: float = 5.0
+    rcs_layers: Tuple[int, ...] = (6, 7, 8, 9)
+    rcs_weights: Tuple[float, float] = (2.0, 0.3)
+    sfr_weights: Tuple[float, float] = (2.1, 0.7)
+    temp_thd: float = 0.1
+    delete_same_entity: bool = True
+    logit_scale: float = 40.0  # used for the preliminary probabilities of SFR
+    sfr_pamr_steps: int = 10  # parity: always 10 iterations, dilations (8, 16) inside SFR
+    sfr_pamr_dilations: Tuple[int, ...] = (8, 16)
+
+
+def interpolate_pos_embed(pos: torch.Tensor, grid0: Tuple[int, int], grid: Tuple[int, int]) -> torch.Tensor:
+    """Positional embedding (1 + hp·wp, D) for a patch grid, from the pretrained (1 + g0h·g0w, D).
+
+    parity: only when the token count differs (so a same-count grid of another shape keeps the original);
+    bicubic with the explicit scale factor ((hp + 0.1)/g0h, (wp + 0.1)/g0w), recompute_scale_factor=False.
+    """
+    n0 = grid0[0] * grid0[1]
+    if grid[0] * grid[1] == n0:
+        return pos
+    dim = pos.shape[-1]
+    patch = pos[1:].float().reshape(1, grid0[0], grid0[1], dim).permute(0, 3, 1, 2)  # (1, D, g0h, g0w)
+    patch = F.interpolate(patch, scale_factor=((grid[0] + 0.1) / grid0[0], (grid[1] + 0.1) / grid0[1]),
+                          mode="bicubic", align_corners=False, recompute_scale_factor=False)
+    assert tuple(patch.shape[-2:]) == tuple(grid), (patch.shape, grid)
+    patch = patch.permute(0, 2, 3, 1).reshape(-1, dim)  # (hp*wp, D)
+    return torch.cat([pos[:1].float(), patch]).to(pos.dtype)
+
+
+def embed(vp: VisionParts, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    """Image batch (B, 3, H, W) → tokens (B, 1 + hp·wp, D) after ``ln_pre``, and the grid (hp, wp)."""
+    feats = vp.conv1(x.to(vp.conv1.weight.dtype))  # (B, D, hp, wp), floor division by the patch
+    grid = (feats.shape[-2], feats.shape[-1])
+    feats = feats.flatten(2).transpose(1, 2)  # (B, N, D), raster order r·wp + c
+    cls = vp.class_embedding.to(feats.dtype).expand(feats.shape[0], 1, -1)  # (B, 1, D)
+    tokens = torch.cat([cls, feats], dim=1)  # (B, T, D)
+    tokens = tokens + interpolate_pos_embed(vp.positional_embedding, vp.grid_size, grid).to(tokens.dtype)
+    return vp.ln_pre(tokens), grid
+
+
+def _qkv(blk: Block, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-head q, k, v (B, h, T, d) from the block's ``ln_1`` and in-projection."""
+    b, t, dim = x.shape
+    qkv = F.linear(blk.ln_1(x), blk.in_proj_weight, blk.in_proj_bias)  # (B, T, 3D)
+    q, k, v = qkv.chunk(3, dim=-1)
+    heads = lambda z: z.reshape(b, t, blk.num_heads, dim // blk.num_heads).transpose(1, 2)  # noqa: E731
+    return heads(q), heads(k), heads(v)
+
+
+def _attend(blk: Block, attn: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Attention (B, h, T, T) applied to v (B, h, T, d) → out-projected (B, T, D)."""
+    b, h, t, d = v.shape
+    out = (attn.to(v.dtype) @ v).transpose(1, 2).reshape(b, t, h * d)  # (B, T, D)
+    return blk.out_proj(out)
+
+
+def _block_with_attention(blk: Block, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A standard CLIP block computed explicitly; returns (output (B, T, D), softmax(s·QKᵀ) (B, h, T, T))."""
+    q, k, v = _qkv(blk, x)
+    attn = torch.softmax((q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2), dim=-1)
+    x = x + blk.ls_1(_attend(blk, attn, v))
+    return x + blk.ls_2(blk.mlp(blk.ln_2(x))), attn
+
+
+def trunk(vp: VisionParts, tokens: torch.Tensor, capture: Sequence[int]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    """Layers 1..L−1 on tokens (B, T, D); returns the output and the attentions of ``capture`` (1-based)."""
+    maps = []
+    x = tokens
+    for layer, blk in enumerate(vp.blocks[:-1], start=1):
+        if layer in capture:
+            x, attn = _block_with_attention(blk, x)
+            maps.append(attn)
+        else:
+            x = blk.module(x)
+    return x, maps
+
+
+@functools.lru_cache(maxsize=32)
+def _omega(grid: Tuple[int, int], std: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return gaussian_prior(grid, std).to(dtype=dtype, device=device)[None, None]  # (1, 1, T, T)
+
+
+def last_block(vp: VisionParts, x: torch.Tensor, p: DenseParams, grid: Tuple[int, int],
+               attn_rcs: Optional[torch.Tensor], sfr: Optional[torch.Tensor]) -> torch.Tensor:
+    """The variant's last block on layer-(L−1) tokens (B, T, D) → (B, T, D)."""
+    blk = vp.blocks[-1]
+    q, k, v = _qkv(blk, x)
+    omega = _omega(grid, p.gaussian_std, q.dtype, q.device) if p.variant.base.gaussian_prior else None
+    attn = attention_probs(p.variant, q, k, q.shape[-1] ** -0.5, omega=omega, sfr=sfr, attn_rcs=attn_rcs,
+                           sfr_weights=p.sfr_weights, rcs_weights=p.rcs_weights)
+    out = _attend(blk, attn, v)
+    if not p.variant.base.keep_residual:
+        return out
+    x = x + blk.ls_1(out)
+    return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+
+
+def cosine_logits(vp: VisionParts, x: torch.Tensor, text: torch.Tensor, grid: Tuple[int, int],
+                  size: Tuple[int, int]) -> torch.Tensor:
+    """Last-block tokens (B, T, D) → cosine logits (B, Q, H, W) upsampled (bilinear) to ``size``."""
+    feats = vp.ln_post(x) @ vp.proj  # (B, T, E); ln_post on all tokens
+    feats = feats[:, 1:]  # (B, N, E), drop [cls]
+    feats = feats / feats.norm(dim=-1, keepdim=True)
+    logits = feats @ text.to(feats.dtype).T  # (B, N, Q)
+    b, n, q = logits.shape
+    logits = logits.transpose(1, 2).reshape(b, q, grid[0], grid[1])  # (B, Q, hp, wp)
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def sfr_from_preliminary(vp: VisionParts, x11: torch.Tensor, crops: torch.Tensor, text: torch.Tensor,
+                         p: DenseParams, grid: Tuple[int, int], attn_rcs: Optional[torch.Tensor]) -> torch.Tensor:
+    """Preliminary pass → PAMR → probabilities → patch labels → Ŝ/max(Ŝ) as (B, 1, T, T) float16."""
+    size = tuple(crops.shape[-2:])
+    prelim = last_block(vp, x11, p, grid, attn_rcs, None)
+    logits = cosine_logits(vp, prelim, text, grid, size)  # (B, Q, H, W)
+    logits = pamr(crops.float(), logits.float(), p.sfr_pamr_steps, p.sfr_pamr_dilations).to(logits.dtype)
+    probs = torch.softmax(logits * p.logit_scale, dim=1)
+    labels = patch_labels(probs.cpu(), p.temp_thd, vp.patch_size)  # (B, hp, wp)
+    s = sfr_matrix(labels, p.gaussian_std, p.delete_same_entity).to(crops.device)  # (B, T, T) fp32
+    s = s / s.amax(dim=(1, 2), keepdim=True)  # parity: one global max per crop
+    return s.to(torch.float16).unsqueeze(1)  # parity: the official code casts Ŝ to float16, also on CPU
+
+
+@torch.no_grad()
+def crop_logits(vp: VisionParts, crops: torch.Tensor, text: torch.Tensor, p: DenseParams,
+                grid_only: bool = False) -> torch.Tensor:
+    """Per-query cosine logits (B, Q, H, W) for normalised crops (B, 3, H, W) of one size; with
+    ``grid_only`` the logits stay at the patch grid (B, Q, hp, wp)."""
+    tokens, grid = embed(vp, crops)
+    capture = p.rcs_layers if p.variant.rcs else ()
+    x11, maps = trunk(vp, tokens, capture)
+    attn_rcs = torch.stack(maps).mean(dim=0) if maps else None  # (B, h, T, T)
+    sfr = sfr_from_preliminary(vp, x11, crops, text, p, grid, attn_rcs) if p.variant.sfr else None
+    out = last_block(vp, x11, p, grid, attn_rcs, sfr)
+    return cosine_logits(vp, out, text, grid, grid if grid_only else tuple(crops.shape[-2:])).float()

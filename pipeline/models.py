@@ -1,0 +1,246 @@
+"""Build an open_clip CLIP with its weights, and expose the ViT parts the dense forward reads.
+
+This is the only module that touches open_clip internals. ``VISION_ATTRS``/``BLOCK_ATTRS``/``ATTN_ATTRS``
+list every attribute read; ``tests/test_models.py`` pins them on the installed open_clip.
+
+Weights never run pickled code: safetensors, ``torch.load(weights_only=True)`` or an OpenAI TorchScript
+archive (its state dict is read through TorchScript's own loader, which restores tensors only).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pathlib
+import zipfile
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from pipeline.config import ConfigError, ModelConfig
+
+VISION_ATTRS = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post", "proj",
+                "patch_size", "grid_size")
+BLOCK_ATTRS = ("ln_1", "attn", "ls_1", "ln_2", "mlp", "ls_2")
+ATTN_ATTRS = ("in_proj_weight", "in_proj_bias", "out_proj", "num_heads", "batch_first")
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_DROP_KEYS = ("input_resolution", "context_length", "vocab_size")  # OpenAI JIT archives carry these ints
+
+
+class WeightsError(ValueError):
+    """Weights could not be read or do not fit the architecture; the message names the file."""
+
+
+@dataclasses.dataclass
+class Block:
+    """One pre-LN transformer block: x += ls_1(attn(ln_1 x)); x += ls_2(mlp(ln_2 x))."""
+
+    module: nn.Module  # the original block, for its plain (fast) forward
+    ln_1: nn.Module
+    in_proj_weight: torch.Tensor  # (3D, D)
+    in_proj_bias: torch.Tensor  # (3D,)
+    out_proj: nn.Linear
+    num_heads: int
+    ls_1: nn.Module
+    ln_2: nn.Module
+    mlp: nn.Module
+    ls_2: nn.Module
+
+
+@dataclasses.dataclass
+class VisionParts:
+    """The ViT image tower as plain parts (open_clip layout, batch-first tokens (B, N+1, D))."""
+
+    conv1: nn.Conv2d
+    class_embedding: torch.Tensor  # (D,)
+    positional_embedding: torch.Tensor  # (1 + gh*gw, D)
+    grid_size: Tuple[int, int]  # (gh, gw) of the pretraining resolution
+    patch_size: Tuple[int, int]
+    ln_pre: nn.Module
+    blocks: List[Block]
+    ln_post: nn.Module
+    proj: torch.Tensor  # (D, E)
+
+
+def vision_parts(model: nn.Module) -> VisionParts:
+    """Read the ViT parts of an open_clip CLIP. Raises ``ConfigError`` for non-ViT towers."""
+    v = model.visual
+    missing = [a for a in VISION_ATTRS if not hasattr(v, a)]
+    if missing:
+        raise ConfigError(f"{type(v).__name__} is not an open_clip VisionTransformer (lacks {missing}); only ViT archs work")
+    if getattr(v, "attn_pool", None) is not None or v.proj is None:
+        raise ConfigError("ViT towers with attentional pooling or no projection are not supported")
+    blocks = []
+    for b in v.transformer.resblocks:
+        if not isinstance(b.attn, nn.MultiheadAttention) or not b.attn.batch_first:
+            raise ConfigError(f"unsupported attention module {type(b.attn).__name__} (open_clip version?)")
+        blocks.append(Block(b, b.ln_1, b.attn.in_proj_weight, b.attn.in_proj_bias, b.attn.out_proj,
+                            b.attn.num_heads, b.ls_1, b.ln_2, b.mlp, b.ls_2))
+    return VisionParts(v.conv1, v.class_embedding, v.positional_embedding, tuple(v.grid_size),
+                       tuple(v.patch_size), v.ln_pre, blocks, v.ln_post, v.proj)
+
+
+def resolve_arch(arch: str) -> str:
+    """An open_clip model name, or a path to an open_clip-style JSON config (registered under its stem)."""
+    import open_clip
+
+    if arch.endswith(".json"):
+        path = pathlib.Path(arch)
+        if not path.is_file():
+            raise ConfigError(f"architecture config {arch}: file not found")
+        open_clip.add_model_config(path)
+        return path.stem
+    if arch not in open_clip.list_models():
+        vits = [m for m in open_clip.list_models() if m.startswith("ViT-")]
+        raise ConfigError(f"unknown architecture {arch!r}; valid ViT names: {', '.join(vits)} (or a .json config path)")
+    return arch
+
+
+def _cache_dir() -> pathlib.Path:
+    root = os.environ.get("RESLABEL_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "reslabel"))
+    return pathlib.Path(root)
+
+
+def fetch_weights(uri: str) -> str:
+    """Local path for a weights path or fsspec URI; remote files are copied once per node (atomic rename)."""
+    import fsspec
+
+    if "://" not in uri or uri.startswith("file://"):
+        path = uri[len("file://"):] if uri.startswith("file://") else uri
+        if not os.path.isfile(path):
+            raise WeightsError(f"weights {uri}: file not found")
+        return path
+    fs, path = fsspec.core.url_to_fs(uri)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError as e:
+        raise WeightsError(f"weights {uri}: object not found") from e
+    tag = hashlib.sha256(f"{uri}|{info.get('size')}|{info.get('ETag', info.get('mtime', ''))}".encode()).hexdigest()[:16]
+    dest = _cache_dir() / "weights" / f"{tag}-{os.path.basename(path)}"
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_suffix(dest.suffix + f".tmp{os.getpid()}")
+        fs.get(path, str(tmp))
+        os.replace(tmp, dest)
+    return str(dest)
+
+
+def weights_digest(path: str) -> str:
+    """sha256 of the file's bytes (hex), cached in a sidecar keyed by size and mtime."""
+    st = os.stat(path)
+    side = _cache_dir() / "digests" / hashlib.sha256(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+    if side.exists():
+        return side.read_text().strip()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    side.parent.mkdir(parents=True, exist_ok=True)
+    side.write_text(h.hexdigest())
+    return h.hexdigest()
+
+
+def _is_torchscript(path: str) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any("/code/" in n or n.endswith("constants.pkl") for n in z.namelist())
+
+
+def load_state_dict(path: str, source: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """Read a state dict without running pickled code. ``source`` names the file in errors."""
+    source = source or path
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        try:
+            sd = load_file(path, device="cpu")
+        except Exception as e:  # noqa: BLE001 - re-raised with the file named
+            raise WeightsError(f"weights {source}: not a readable safetensors file ({e})") from e
+    elif _is_torchscript(path):
+        sd = torch.jit.load(path, map_location="cpu").state_dict()
+    else:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            raise WeightsError(
+                f"weights {source}: refused — not a safetensors file, a TorchScript archive, or a tensor-only "
+                f"torch checkpoint loadable with weights_only=True ({type(e).__name__}: {str(e)[:200]})"
+            ) from e
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]  # open_clip training checkpoint
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise WeightsError(f"weights {source}: not a state dict of tensors")
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return {k: v for k, v in sd.items() if k not in _DROP_KEYS}
+
+
+def check_state_dict(model: nn.Module, sd: Dict[str, torch.Tensor], source: str) -> None:
+    """Raise ``WeightsError`` naming ``source`` and the first missing, unexpected or mis-shaped key."""
+    own = model.state_dict()
+    for k, t in own.items():
+        if k not in sd:
+            raise WeightsError(f"weights {source}: missing key {k!r} (expected shape {tuple(t.shape)})")
+        if tuple(sd[k].shape) != tuple(t.shape):
+            raise WeightsError(f"weights {source}: key {k!r} has shape {tuple(sd[k].shape)}, the architecture expects {tuple(t.shape)}")
+    extra = [k for k in sd if k not in own]
+    if extra:
+        raise WeightsError(f"weights {source}: unexpected key {extra[0]!r} ({len(extra)} unexpected in all; wrong --model?)")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def build_model(mc: ModelConfig) -> Tuple[nn.Module, str]:
+    """Create the CLIP of ``mc`` on its device and dtype, eval mode. Returns (model, weights digest)."""
+    import open_clip
+
+    mc.validate()
+    name = resolve_arch(mc.arch)
+    quick = mc.activation == "quickgelu" or (mc.activation == "auto" and (mc.pretrained in (None, "openai")))
+    if mc.pretrained is not None:
+        try:
+            model = open_clip.create_model(name, pretrained=mc.pretrained, force_quick_gelu=quick)
+        except RuntimeError as e:
+            raise WeightsError(f"pretrained tag {mc.pretrained!r} for {name}: {e}") from e
+        digest = f"open_clip:{name}:{mc.pretrained}"
+    else:
+        if mc.random_init:
+            torch.manual_seed(mc.seed)
+        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick)
+        digest = f"random:{name}:seed{mc.seed}"
+        if mc.weights is not None:
+            local = fetch_weights(mc.weights)
+            sd = load_state_dict(local, source=mc.weights)
+            check_state_dict(model, sd, mc.weights)
+            model.load_state_dict(sd, strict=True)
+            digest = "sha256:" + weights_digest(local)
+    if quick:
+        acts = {type(b.mlp.gelu).__name__ for b in model.visual.transformer.resblocks if hasattr(b.mlp, "gelu")}
+        if acts != {"QuickGELU"}:
+            raise ConfigError(f"expected QuickGELU activations for OpenAI-format weights, found {acts}")
+    model = model.to(device=resolve_device(mc.device), dtype=TORCH_DTYPES[mc.dtype]).eval()
+    model.requires_grad_(False)
+    return model, digest
+
+
+def tokenizer_for(mc: ModelConfig):
+    """open_clip's tokenizer for the architecture (identical ids to OpenAI's for the CLIP models)."""
+    import open_clip
+
+    return open_clip.get_tokenizer(resolve_arch(mc.arch))
+
+
+def arch_display_name(arch: str) -> str:
+    return pathlib.Path(arch).stem if arch.endswith(".json") else arch
+
+
+__all__ = ["VisionParts", "Block", "vision_parts", "resolve_arch", "fetch_weights", "weights_digest",
+           "load_state_dict", "check_state_dict", "build_model", "tokenizer_for", "WeightsError",
+           "TORCH_DTYPES", "resolve_device", "arch_display_name"]

@@ -1,0 +1,52 @@
+"""Pixel-adaptive mask refinement (PAMR; Araslanov & Roth 2020), as used by NACLIP and ResCLIP.
+
+Reproduces the ``PAMR`` module shipped with the ResCLIP/NACLIP repositories (METHODS.md §2.6) with
+shifted slices instead of per-channel convolutions, so it is batched and cheap in memory.
+"""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+_OFFSETS = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]  # the 8 neighbours
+
+
+def _shifts(x: torch.Tensor, d: int, offsets: Sequence[Tuple[int, int]]) -> List[torch.Tensor]:
+    """Views of ``x`` (B, C, H, W) shifted by d·offset with replicate padding, each (B, C, H, W)."""
+    h, w = x.shape[-2:]
+    xp = F.pad(x, [d] * 4, mode="replicate")  # (B, C, H+2d, W+2d)
+    return [xp[..., d + dy * d: d + dy * d + h, d + dx * d: d + dx * d + w] for dy, dx in offsets]
+
+
+def pamr_affinity(image: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
+    """Neighbour weights (B, 8·len(dilations), H, W), softmax over neighbours, from a guide (B, 3, H, W)."""
+    around = _OFFSETS[:4] + [(0, 0)] + _OFFSETS[4:]  # raster order of the 3x3 window
+    window = torch.stack([s for d in dilations for s in _shifts(image, d, around)], dim=2)  # (B, 3, 9·nd, H, W)
+    std = window.std(dim=2, keepdim=True)  # (B, 3, 1, H, W) unbiased, pooled over all dilations
+    neigh = torch.stack([s for d in dilations for s in _shifts(image, d, _OFFSETS)], dim=2)  # (B, 3, 8·nd, H, W)
+    aff = -(image.unsqueeze(2) - neigh).abs() / (1e-8 + 0.1 * std)
+    return torch.softmax(aff.mean(dim=1), dim=1)  # (B, 8·nd, H, W)
+
+
+def pamr(image: torch.Tensor, mask: torch.Tensor, steps: int, dilations: Sequence[int] = (8, 16)) -> torch.Tensor:
+    """Refine ``mask`` (B, Q, h, w) guided by ``image`` (B, 3, H, W); returns (B, Q, H, W) float32.
+
+    The mask is first resized to the image (bilinear, align_corners=True), then ``steps`` times replaced
+    by the affinity-weighted average of its 8·len(dilations) dilated neighbours (replicate padding).
+    """
+    image = image.float()
+    mask = mask.float()
+    if mask.shape[-2:] != image.shape[-2:]:
+        mask = F.interpolate(mask, size=image.shape[-2:], mode="bilinear", align_corners=True)
+    weights = pamr_affinity(image, dilations)  # (B, P, H, W)
+    offsets_all = [(d, o) for d in dilations for o in _OFFSETS]
+    for _ in range(steps):
+        out = torch.zeros_like(mask)
+        for d in dilations:
+            for k, shifted in enumerate(_shifts(mask, d, _OFFSETS)):
+                p = offsets_all.index((d, _OFFSETS[k]))
+                out.addcmul_(shifted, weights[:, p:p + 1])
+        mask = out
+    return mask

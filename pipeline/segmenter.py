@@ -1,0 +1,170 @@
+"""The public segmenter: images in, label maps out, with crops of many images batched together.
+
+    seg = Segmenter.build(get_preset("voc21"), ModelConfig(pretrained="openai"))
+    result = seg.segment([rgb])[0]          # SegmentationResult at the original size
+    logits = seg.dense_logits(x)            # (B, Q, H, W) cosine logits before the final resize
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections import defaultdict
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import ModelConfig, SegmenterConfig
+from pipeline.dense import DenseParams, crop_logits
+from pipeline.models import arch_display_name, build_model, vision_parts
+from pipeline.pamr import pamr
+from pipeline.postprocess import PostParams, SegmentationResult, postprocess
+from pipeline.preprocess import ImageError, check_image, normalise, resize_for_config
+from pipeline.sliding_window import LogitAccumulator, Window, windows
+from pipeline.text import TextEmbeddings, encode_vocabulary
+from pipeline.variants import get_variant
+from pipeline.vocabulary import Vocabulary
+
+CODE_VERSION = "0.1.0"
+
+__all__ = ["Segmenter", "SegmentationResult", "CODE_VERSION"]
+
+
+class Segmenter:
+    """A CLIP model, a vocabulary's text embeddings and a ``SegmenterConfig``; built once, reused."""
+
+    def __init__(self, config: SegmenterConfig, model_config: ModelConfig, model: torch.nn.Module,
+                 weights_digest: str, vocabulary: Vocabulary, text: TextEmbeddings):
+        self.config = config
+        self.model_config = model_config
+        self.model = model
+        self.vision = vision_parts(model)
+        self.weights_digest = weights_digest
+        self.vocabulary = vocabulary
+        self.text = text
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self._text = text.embeddings.to(device=self.device, dtype=self.dtype)  # (Q, E)
+        c = config
+        self.dense_params = DenseParams(get_variant(c.method, c.base), c.gaussian_std, tuple(c.rcs_layers),
+                                        tuple(c.rcs_weights), tuple(c.sfr_weights), c.temp_thd,
+                                        c.delete_same_entity, c.logit_scale)
+        self.post_params = PostParams(c.logit_scale, c.prob_thd, c.area_thd, vocabulary.query_to_class,
+                                      vocabulary.num_classes)
+
+    @classmethod
+    def build(cls, config: SegmenterConfig, model: ModelConfig, *, text_embeddings: Optional[TextEmbeddings] = None,
+              text_cache: Optional[str] = None) -> "Segmenter":
+        """Validate the configs, load the vocabulary (before any model work), the model, and the text
+        embeddings (given, read from ``text_cache``, or computed)."""
+        config.validate()
+        model.validate()
+        vocab = Vocabulary.load(config.vocabulary, config.templates)
+        if text_embeddings is not None and not text_embeddings.matches(vocab):
+            raise ValueError("text_embeddings were computed for another vocabulary than config.vocabulary")
+        net, digest = build_model(model)
+        if text_embeddings is None:
+            text_embeddings = encode_vocabulary(model, vocab, net, digest, cache_uri=text_cache)
+        return cls(config, model, net, digest, vocab, text_embeddings)
+
+    @property
+    def class_names(self) -> List[str]:
+        return list(self.vocabulary.class_names)
+
+    def provenance(self) -> Dict[str, str]:
+        """Columns that identify how labels were made (all strings)."""
+        c = self.config
+        config_hash = hashlib.sha256(json.dumps(
+            [c.label_hash(), self.model_config.arch, self.weights_digest, self.model_config.dtype,
+             self.vocabulary.hash]).encode()).hexdigest()[:16]
+        return dict(method=c.method, base=c.base, preset=c.preset, model=arch_display_name(self.model_config.arch),
+                    weights_digest=self.weights_digest, vocabulary_hash=self.vocabulary.hash,
+                    config_hash=config_hash, code_version=CODE_VERSION)
+
+    # ---- dense logits -------------------------------------------------------------------------
+    def _run(self, crops: torch.Tensor) -> torch.Tensor:
+        """Crops (B, 3, h, w) normalised → logits (B, Q, h, w) float32 on CPU, padding if configured."""
+        h, w = crops.shape[-2:]
+        ph, pw = self.vision.patch_size
+        if self.config.pad_to_patch and (h % ph or w % pw):
+            dh, dw = (-h) % ph, (-w) % pw  # ClearCLIP: zero-pad, extra pixel at bottom/right
+            crops = F.pad(crops, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
+            out = crop_logits(self.vision, crops.to(self.device, self.dtype), self._text, self.dense_params)
+            return out[..., dh // 2: dh // 2 + h, dw // 2: dw // 2 + w].cpu()
+        return crop_logits(self.vision, crops.to(self.device, self.dtype), self._text, self.dense_params).cpu()
+
+    def _dense_many(self, images: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """Normalised images, each (3, H, W) → averaged logits, each (Q, H, W); crops batched across images."""
+        c = self.config
+        q = self.vocabulary.num_queries
+        jobs: Dict[Tuple[int, int], List[Tuple[int, Window]]] = defaultdict(list)
+        accs = []
+        for i, img in enumerate(images):
+            _, h, w = img.shape
+            wins = windows(h, w, c.slide_crop, c.slide_stride) if c.slide_crop > 0 else [(0, h, 0, w)]
+            accs.append(LogitAccumulator(q, h, w))
+            for win in wins:
+                jobs[(win[1] - win[0], win[3] - win[2])].append((i, win))
+        for shape_jobs in jobs.values():
+            for b0 in range(0, len(shape_jobs), c.batch_size):
+                chunk = shape_jobs[b0:b0 + c.batch_size]
+                crops = torch.stack([images[i][:, y1:y2, x1:x2] for i, (y1, y2, x1, x2) in chunk])
+                for (i, win), logit in zip(chunk, self._run(crops)):
+                    accs[i].add(win, logit)
+        return [a.average() for a in accs]
+
+    def dense_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised images (B, 3, H, W) → per-query cosine logits (B, Q, H, W) before the final
+        resize: the sliding-window average, or the whole-image forward upsampled to (H, W)."""
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ImageError(f"dense_logits expects (B, 3, H, W), got {tuple(x.shape)}")
+        self._check_size(tuple(x.shape[-2:]), "input tensor")
+        return torch.stack(self._dense_many(list(x.float().cpu())))
+
+    # ---- full pipeline ------------------------------------------------------------------------
+    def _check_size(self, hw: Tuple[int, int], name: str) -> None:
+        ph, pw = self.vision.patch_size
+        if hw[0] < ph or hw[1] < pw:
+            raise ImageError(f"{name}: size {hw[0]}x{hw[1]} after resizing is smaller than one {ph}x{pw} patch")
+
+    def postprocess(self, logits: torch.Tensor, orig_hw: Tuple[int, int], image: Optional[torch.Tensor] = None,
+                    return_probs: bool = False) -> SegmentationResult:
+        """Averaged logits (Q, h, w) of one image → labels at ``orig_hw``. ``image`` (3, h, w), the
+        normalised resized image, is needed only for the final PAMR (``pamr_steps > 0``)."""
+        c = self.config
+        if c.pamr_steps > 0:
+            if image is None:
+                raise ValueError("pamr_steps > 0 needs the normalised image")
+            guide = F.interpolate(image[None].float(), size=orig_hw, mode="bilinear", align_corners=False)
+            full = F.interpolate(logits[None].float(), size=orig_hw, mode="bilinear", align_corners=False)
+            logits = pamr(guide, full, c.pamr_steps, c.pamr_dilations)[0]
+        return postprocess(logits, orig_hw, self.post_params, return_probs)
+
+    def segment_prepared(self, resized: Sequence[np.ndarray], orig_sizes: Sequence[Tuple[int, int]],
+                         return_probs: bool = False, names: Optional[Sequence[str]] = None) -> List[SegmentationResult]:
+        """Images already resized by ``resize_for_config`` (RGB uint8) → results at ``orig_sizes`` (H, W)."""
+        names = list(names) if names is not None else [f"image {i}" for i in range(len(resized))]
+        tensors = []
+        for img, name in zip(resized, names):
+            check_image(img, name)
+            self._check_size(img.shape[:2], name)
+            tensors.append(normalise(img))
+        if self.config.slide_crop == 0 and self.config.direct_resize:
+            logits = self._whole_grid_logits(tensors)
+        else:
+            logits = self._dense_many(tensors)
+        return [self.postprocess(lg, tuple(hw), img, return_probs) for lg, hw, img in zip(logits, orig_sizes, tensors)]
+
+    def _whole_grid_logits(self, tensors: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """SCLIP/ClearCLIP whole image: logits at the patch grid, resized straight to the original later."""
+        return [crop_logits(self.vision, img[None].to(self.device, self.dtype), self._text, self.dense_params,
+                            grid_only=True)[0].cpu() for img in tensors]
+
+    def segment(self, images: Sequence[np.ndarray], return_probs: bool = False,
+                names: Optional[Sequence[str]] = None) -> List[SegmentationResult]:
+        """RGB uint8 images (H, W, 3) at original size → one ``SegmentationResult`` each."""
+        names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
+        resized = [resize_for_config(img, self.config, name) for img, name in zip(images, names)]
+        return self.segment_prepared(resized, [img.shape[:2] for img in images], return_probs, names)

@@ -1,0 +1,121 @@
+"""Text side (METHODS.md §1.3): one L2-normalised embedding per query, computed once and shared.
+
+For each query the prompts of all templates are encoded, each embedding is L2-normalised, the mean is
+taken and normalised again → ``T`` of shape (Q, E). Prompts of many queries go through the text tower
+together in batches. The result is keyed by a content hash (architecture, weights digest, dtype,
+queries, templates) so a job can reuse it from a cache URI instead of encoding again.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import posixpath
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from pipeline.config import ModelConfig
+from pipeline.vocabulary import Vocabulary
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class TextEmbeddings:
+    """(Q, E) float32 query embeddings (unit rows, CPU) with the vocabulary they belong to."""
+
+    embeddings: torch.Tensor
+    query_names: Tuple[str, ...]
+    query_to_class: Tuple[int, ...]
+    class_names: Tuple[str, ...]
+    key: str
+
+    def save(self, uri: str) -> None:
+        """Write to a local path or fsspec URI (safetensors with the names in its metadata)."""
+        import fsspec
+        from safetensors.torch import save
+
+        meta = {"query_names": json.dumps(self.query_names), "query_to_class": json.dumps(self.query_to_class),
+                "class_names": json.dumps(self.class_names), "key": self.key}
+        blob = save({"embeddings": self.embeddings.contiguous()}, metadata=meta)
+        fs, path = fsspec.core.url_to_fs(uri)
+        parent = posixpath.dirname(path)
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        tmp = f"{path}.tmp"
+        with fs.open(tmp, "wb") as f:
+            f.write(blob)
+        fs.mv(tmp, path)
+
+    @classmethod
+    def load(cls, uri: str) -> "TextEmbeddings":
+        import fsspec
+        from safetensors import safe_open
+        from safetensors.torch import load
+
+        with fsspec.open(uri, "rb") as f:
+            blob = f.read()
+        tensors = load(blob)
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(suffix=".safetensors") as tmp:
+            tmp.write(blob)
+            tmp.flush()
+            with safe_open(tmp.name, framework="pt") as st:
+                meta = st.metadata()
+        return cls(tensors["embeddings"].float(), tuple(json.loads(meta["query_names"])),
+                   tuple(json.loads(meta["query_to_class"])), tuple(json.loads(meta["class_names"])), meta["key"])
+
+    def matches(self, vocab: Vocabulary) -> bool:
+        return self.query_names == vocab.query_names and self.query_to_class == vocab.query_to_class
+
+
+def text_key(arch: str, weights_digest: str, dtype: str, vocab: Vocabulary) -> str:
+    """Content hash identifying the embeddings of ``vocab`` under one model."""
+    blob = json.dumps([arch, weights_digest, dtype, vocab.hash]).encode()
+    return hashlib.sha256(blob).hexdigest()[:24]
+
+
+@torch.no_grad()
+def encode_queries(model: nn.Module, tokenizer, vocab: Vocabulary, batch_size: int = 256) -> torch.Tensor:
+    """(Q, E) float32 unit embeddings; prompts are encoded ``batch_size`` at a time across queries."""
+    prompts = [p for q in vocab.query_names for p in vocab.prompts(q)]  # Q*T prompts, query-major
+    device = next(model.parameters()).device
+    feats = []
+    for i in range(0, len(prompts), batch_size):
+        tokens = tokenizer(prompts[i:i + batch_size]).to(device)
+        f = model.encode_text(tokens).float()  # (b, E)
+        feats.append(f / f.norm(dim=-1, keepdim=True))
+    per_prompt = torch.cat(feats).reshape(vocab.num_queries, len(vocab.templates), -1)  # (Q, T, E)
+    mean = per_prompt.mean(dim=1)  # (Q, E)
+    return (mean / mean.norm(dim=-1, keepdim=True)).cpu()
+
+
+def encode_vocabulary(mc: ModelConfig, vocab: Vocabulary, model: Optional[nn.Module] = None,
+                      digest: Optional[str] = None, cache_uri: Optional[str] = None) -> TextEmbeddings:
+    """Embeddings of ``vocab`` under ``mc``; reuses ``cache_uri/<key>.safetensors`` when present.
+
+    ``model``/``digest`` may be passed when already built (avoids a second model load).
+    """
+    from pipeline.models import build_model, tokenizer_for
+
+    if model is None:
+        model, digest = build_model(mc)
+    key = text_key(mc.arch, digest or "", mc.dtype, vocab)
+    target = f"{cache_uri.rstrip('/')}/{key}.safetensors" if cache_uri else None
+    if target is not None:
+        try:
+            te = TextEmbeddings.load(target)
+            if te.key == key and te.matches(vocab):
+                log.info("text embeddings loaded from cache %s", target)
+                return te
+        except FileNotFoundError:
+            pass
+    emb = encode_queries(model, tokenizer_for(mc), vocab)
+    te = TextEmbeddings(emb, vocab.query_names, vocab.query_to_class, vocab.class_names, key)
+    if target is not None:
+        te.save(target)
+    return te
