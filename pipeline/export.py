@@ -125,8 +125,12 @@ def png_name(row: Dict[str, Any], name_by: str = "image_id") -> str:
     return safe_name(key) + ".png"
 
 
-def write_label_pngs(run: Run, out_prefix: str, name_by: str = "image_id", **filters: Any) -> Dict[str, str]:
+def write_label_pngs(run: Run, out_prefix: str, name_by: str = "image_id", fill: int = UNLABELED,
+                     **filters: Any) -> Dict[str, str]:
     """Write one palette PNG per ``ok`` row under ``out_prefix`` plus ``label_maps.json``.
+
+    ``fill`` is the value of pixels no segment covers: 255 (ignore), or e.g. ``run.background_fill()``
+    to give them back the class the job left out of the segments (background).
 
     Returns:
         image_id → written URI. Two rows mapping to one file name raise ``ValueError``.
@@ -144,9 +148,10 @@ def write_label_pngs(run: Run, out_prefix: str, name_by: str = "image_id", **fil
             raise ValueError(f"image ids {used[name]!r} and {row['image_id']!r} both map to {name}; "
                              "use name_by='image_id'")
         used[name] = row["image_id"]
-        fs.pipe_file(join_under(root, name), png_bytes(label_map(row), len(names)))
+        fs.pipe_file(join_under(root, name), png_bytes(label_map(row, fill), len(names)))
         files[row["image_id"]] = name
-    index = {"classes": names, "ignore_index": UNLABELED, "value_meaning": "class index; 255 = no segment",
+    index = {"classes": names, "ignore_index": UNLABELED, "unlabeled_value": fill,
+             "value_meaning": f"class index 0..{len(names) - 1}; {fill} where no segment covers the pixel",
              "reduce_zero_label": False, "run": run.uri, "files": files}
     fs.pipe_file(join_under(root, PNG_INDEX), json.dumps(index, indent=1).encode())
     return {k: out_prefix.rstrip("/") + "/" + v for k, v in files.items()}

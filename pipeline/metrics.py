@@ -67,18 +67,19 @@ def confusion_matrix(
     return np.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def scores_from_confusion(cm: np.ndarray, class_names: Sequence[str]) -> Dict:
+def scores_from_confusion(cm: np.ndarray, class_names: Sequence[str], missed: Optional[np.ndarray] = None) -> Dict:
     """mIoU, per-class IoU / accuracy, pixel accuracy (aAcc) and mAcc from a summed confusion matrix.
 
     Args:
         cm: (C, C) int64 dataset-summed confusion matrix (rows gt, columns prediction).
+        missed: (C,) gt pixels per class that got no prediction at all (count as errors), or None.
     Returns:
         JSON-ready dict; percentages; NaN classes (no gt and no prediction) are ``None`` per class
         and skipped in the means.
     """
     cm = cm.astype(np.float64)
     inter = np.diag(cm)
-    area_gt = cm.sum(axis=1)
+    area_gt = cm.sum(axis=1) + (0 if missed is None else missed)
     area_pred = cm.sum(axis=0)
     union = area_gt + area_pred - inter
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -102,22 +103,38 @@ def _pct(x: float) -> Optional[float]:
 
 
 class IoUAccumulator:
-    """Accumulates confusion matrices over a dataset; ``scores()`` gives the dataset-level metrics."""
+    """Accumulates confusion matrices over a dataset; ``scores()`` gives the dataset-level metrics.
 
-    def __init__(self, class_names: Sequence[str], ignore_index: int = IGNORE_INDEX) -> None:
+    With ``allow_unlabeled_pred`` a prediction may hold ``ignore_index`` (no label there, e.g. a stored
+    run whose background segments were dropped): such pixels count as wrong for their gt class.
+    """
+
+    def __init__(self, class_names: Sequence[str], ignore_index: int = IGNORE_INDEX,
+                 allow_unlabeled_pred: bool = False) -> None:
         self.class_names: List[str] = list(class_names)
         self.ignore_index = ignore_index
+        self.allow_unlabeled_pred = allow_unlabeled_pred
         c = len(self.class_names)
         self.cm = np.zeros((c, c), dtype=np.int64)
+        self.missed = np.zeros(c, dtype=np.int64)
         self.num_images = 0
 
     def update(self, pred: np.ndarray, gt: np.ndarray, name: str = "image") -> None:
         """Add one image: ``pred`` and ``gt`` are (H, W) maps at the same (original) size."""
-        self.cm += confusion_matrix(pred, gt, len(self.class_names), self.ignore_index, name)
+        c = len(self.class_names)
+        if self.allow_unlabeled_pred and pred.shape == gt.shape:
+            unlabeled = pred == self.ignore_index
+            if unlabeled.any():
+                check_labels(gt, c, f"{name} (ground truth)", self.ignore_index)
+                lost = gt[unlabeled & (gt != self.ignore_index)].astype(np.int64)
+                self.missed += np.bincount(lost, minlength=c)[:c]
+                gt = np.where(unlabeled, self.ignore_index, gt)
+                pred = np.where(unlabeled, 0, pred)
+        self.cm += confusion_matrix(pred, gt, c, self.ignore_index, name)
         self.num_images += 1
 
     def scores(self) -> Dict:
-        out = scores_from_confusion(self.cm, self.class_names)
+        out = scores_from_confusion(self.cm, self.class_names, self.missed)
         out["num_images"] = self.num_images
         return out
 

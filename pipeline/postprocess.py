@@ -57,9 +57,9 @@ def pool_classes(probs: torch.Tensor, p: PostParams) -> torch.Tensor:
     """Query probabilities (Q, ...) → class probabilities (C, ...): max over each class's synonyms."""
     if len(p.query_to_class) == p.num_classes:
         return probs
-    idx = torch.tensor(p.query_to_class)
+    idx = torch.tensor(p.query_to_class).view(-1, *([1] * (probs.ndim - 1))).expand_as(probs)
     out = torch.zeros((p.num_classes,) + tuple(probs.shape[1:]), dtype=probs.dtype)
-    return out.index_reduce_(0, idx, probs, "amax", include_self=False)
+    return out.scatter_reduce_(0, idx, probs, "amax", include_self=False)
 
 
 def _band_probs(logits: torch.Tensor, size: Tuple[int, int], rows: slice, p: PostParams) -> torch.Tensor:

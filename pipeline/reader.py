@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
-from torch.utils import data as torch_data
 
-from pipeline.decode import decode_image
 from pipeline.rle import decode_rle
 from schemas import LABEL_SCHEMA
 
 SUCCESS_FILE = "_SUCCESS.json"
+PLAN_FILE, PLAN_KEY = "_plan.parquet", b"reslabel.plan"  # the job's run registration (jobs/commit.py)
 UNLABELED = 255  # label-map value of pixels that no segment covers
 CATEGORY_KEYS = ("reslabel.categories", "reslabel.class_names", "categories")  # JSON list of class names
 
@@ -51,11 +50,11 @@ class Run:
 
     @property
     def categories(self) -> List[str]:
-        """Class names in category-id order, from the Parquet metadata (or the manifest).
+        """Class names in category-id order, from ``_SUCCESS.json`` or the Parquet metadata.
 
         Falls back to the names seen in the segments (ids never seen become ``"class_<id>"``).
         """
-        for source in (self.metadata, {k: json.dumps(v) for k, v in (self.manifest or {}).items()}):
+        for source in ({k: json.dumps(v) for k, v in (self.manifest or {}).items()}, self.metadata):
             names = _categories_from(source)
             if names:
                 return names
@@ -64,6 +63,21 @@ class Run:
             for s in row["segments"]:
                 seen.setdefault(s["category_id"], s["category_name"])
         return [seen.get(i, f"class_{i}") for i in range(max(seen, default=-1) + 1)]
+
+    @property
+    def excluded_category_ids(self) -> List[int]:
+        """Class ids the job left out of the segments (e.g. background): their pixels read back as 255.
+
+        From ``_SUCCESS.json``, else the run's ``_plan.parquet`` metadata (``reslabel.plan``); [] if unknown.
+        """
+        if self.manifest and "excluded_category_ids" in self.manifest:
+            return [int(i) for i in self.manifest["excluded_category_ids"]]
+        plan = f"{self.path}/{PLAN_FILE}"
+        if self.fs.exists(plan):
+            meta = ds.dataset(plan, format="parquet", filesystem=self.fs).schema.metadata or {}
+            if PLAN_KEY in meta:
+                return [int(i) for i in json.loads(meta[PLAN_KEY]).get("excluded_category_ids", [])]
+        return []
 
     def dataset(self) -> ds.Dataset:
         """The run as a ``pyarrow.dataset.Dataset`` (``.to_table()``, ``.to_batches()``, filters)."""
@@ -101,11 +115,16 @@ class Run:
                 if row["segments"]:
                     yield row
 
-    def label_maps(self, **filters: Any) -> Iterator[Tuple[Dict[str, Any], np.ndarray]]:
-        """Yield ``(row, label_map(row))`` for rows with a known size (``ok`` rows); same filters as ``rows``."""
+    def label_maps(self, fill: int = UNLABELED, **filters: Any) -> Iterator[Tuple[Dict[str, Any], np.ndarray]]:
+        """Yield ``(row, label_map(row, fill))`` for ``ok`` rows; same filters as ``rows``."""
         for row in self.rows(**filters):
             if row["height"] is not None and row["status"] == "ok":
-                yield row, label_map(row)
+                yield row, label_map(row, fill)
+
+    def background_fill(self) -> int:
+        """The value that restores the segmenter's full label map: the single excluded class id, else 255."""
+        excluded = self.excluded_category_ids
+        return excluded[0] if len(excluded) == 1 else UNLABELED
 
 
 def open_run(uri: str, allow_partial: bool = False, storage_options: Optional[Dict[str, Any]] = None) -> Run:
@@ -121,6 +140,8 @@ def open_run(uri: str, allow_partial: bool = False, storage_options: Optional[Di
     if fs.exists(f"{path}/{SUCCESS_FILE}"):
         with fs.open(f"{path}/{SUCCESS_FILE}", "rb") as f:
             manifest = json.loads(f.read().decode("utf-8"))
+        if manifest.get("files"):  # the committed parts only, as the job recorded them
+            files = [f"{path}/{entry['name'] if isinstance(entry, dict) else entry}" for entry in manifest["files"]]
     elif not allow_partial:
         raise RunNotCommitted(
             f"{uri} has no {SUCCESS_FILE}: the run is not committed (still running or failed). "
@@ -204,53 +225,14 @@ def _keep(seg: Dict[str, Any], wanted: Optional[set], min_score: Optional[float]
     return (wanted is None or seg["category_id"] in wanted) and (min_score is None or seg["score"] >= min_score)
 
 
-ImageSource = Union[None, str, Callable[[Dict[str, Any]], np.ndarray]]
+def class_pixel_totals(run: Run, **filters: Any) -> np.ndarray:
+    """(C,) int64 labelled pixels per class over the run's ``ok`` rows, from the stored ``area`` (no decoding)."""
+    import pyarrow.compute as pc
 
-
-def load_rgb(uri: str) -> np.ndarray:
-    """Read an image (local path or fsspec URI) as (H, W, 3) uint8 RGB, decoded exactly as the labeling
-    job decodes it (``pipeline.decode``: EXIF orientation applied). Raises ``ValueError`` if it fails."""
-    with fsspec.open(uri, "rb") as f:
-        decoded = decode_image(f.read(), max_pixels=2**62)
-    if decoded.status != "ok":
-        raise ValueError(f"{uri}: cannot decode image ({decoded.status}: {decoded.error})")
-    return decoded.image
-
-
-class LabeledImageDataset(torch_data.Dataset):
-    """``torch`` Dataset of ``(image, label_map)`` pairs for the ``ok`` rows of a run.
-
-    Args:
-        run: an opened ``Run``.
-        images: where the pixels come from: ``None`` reads each row's ``source_uri``; a directory
-            (path or URI) reads ``<images>/<basename of source_uri>``; a callable gets the row.
-        transform: optional ``f(image, label_map) -> anything`` applied per item.
-        **filters: row filters as in ``Run.rows`` (``status`` is forced to ``"ok"``).
-    Items: ``image`` (H, W, 3) uint8 RGB and ``label_map`` (H, W) int64 (255 = no segment), unless
-    ``transform`` returns something else. An image whose size differs from the row's is an error.
-    """
-
-    def __init__(self, run: Run, images: ImageSource = None, transform: Optional[Callable] = None, **filters: Any):
-        filters["status"] = "ok"
-        self.rows = list(run.rows(**filters))
-        self.images = images
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int):
-        row = self.rows[i]
-        image = self._load(row)
-        if image.shape[:2] != (row["height"], row["width"]):
-            raise ValueError(f"{row['image_id']}: image is {image.shape[1]}x{image.shape[0]} but the labels "
-                             f"are {row['width']}x{row['height']} (wrong image source?)")
-        labels = label_map(row).astype(np.int64)
-        return self.transform(image, labels) if self.transform else (image, labels)
-
-    def _load(self, row: Dict[str, Any]) -> np.ndarray:
-        if callable(self.images):
-            return self.images(row)
-        if self.images is None:
-            return load_rgb(row["source_uri"])
-        return load_rgb(self.images.rstrip("/") + "/" + row["source_uri"].rstrip("/").rsplit("/", 1)[-1])
+    filters["status"] = "ok"
+    totals = np.zeros(len(run.categories), dtype=np.int64)
+    segs = pc.list_flatten(run.table(columns=["segments"], **filters).column("segments"))
+    ids = pc.struct_field(segs, "category_id").to_numpy(zero_copy_only=False)
+    areas = pc.struct_field(segs, "area").to_numpy(zero_copy_only=False)
+    np.add.at(totals, ids[ids < len(totals)], areas[ids < len(totals)])
+    return totals

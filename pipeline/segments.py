@@ -44,3 +44,25 @@ def segments_from_labels(labels: np.ndarray, class_names: Sequence[str], class_s
             "pixel_fraction": float(counts[c]) / float(h * w),
         })
     return out
+
+
+# Benchmarks whose class 0 is a background class (ResCLIP's class files list its synonyms on line 1).
+BACKGROUND_VOCABULARIES = ("voc21", "context60", "coco_object")
+
+
+def background_ids(vocabulary: str, class_names: Sequence[str], policy: str = "auto") -> List[int]:
+    """Class ids to leave out of ``segments``.
+
+    ``policy``: ``"none"`` keeps every class; ``"auto"`` drops class 0 of the benchmark vocabularies with
+    a background line, or any class literally named "background"; any other value is a class name to drop.
+    """
+    if policy == "none":
+        return []
+    if policy == "auto":
+        ids = {i for i, n in enumerate(class_names) if n.strip().lower() == "background"}
+        if vocabulary in BACKGROUND_VOCABULARIES:
+            ids.add(0)
+        return sorted(ids)
+    if policy not in class_names:
+        raise ValueError(f"background class {policy!r} is not in the vocabulary ({len(class_names)} classes)")
+    return [list(class_names).index(policy)]

@@ -1,0 +1,69 @@
+"""A ``torch`` Dataset pairing each labelled image of a run with its label map (for training on pseudo-labels).
+
+    dset = LabeledImageDataset(open_run("out/runs/<run_id>"), images=None)   # pixels from source_uri
+    image, labels = dset[0]       # (H, W, 3) uint8 RGB, (H, W) int64 class indices, 255 = no segment
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Union
+
+import fsspec
+import numpy as np
+from torch.utils import data as torch_data
+
+from pipeline.decode import decode_image
+from pipeline.reader import UNLABELED, Run, label_map
+
+ImageSource = Union[None, str, Callable[[Dict[str, Any]], np.ndarray]]
+
+
+def load_rgb(uri: str) -> np.ndarray:
+    """Read an image (local path or fsspec URI) as (H, W, 3) uint8 RGB, decoded exactly as the labeling
+    job decodes it (``pipeline.decode``: EXIF orientation applied). Raises ``ValueError`` if it fails."""
+    with fsspec.open(uri, "rb") as f:
+        decoded = decode_image(f.read(), max_pixels=2**62)
+    if decoded.status != "ok":
+        raise ValueError(f"{uri}: cannot decode image ({decoded.status}: {decoded.error})")
+    return decoded.image
+
+
+class LabeledImageDataset(torch_data.Dataset):
+    """``torch`` Dataset of ``(image, label_map)`` pairs for the ``ok`` rows of a run.
+
+    Args:
+        run: an opened ``Run``.
+        images: where the pixels come from: ``None`` reads each row's ``source_uri``; a directory
+            (path or URI) reads ``<images>/<basename of source_uri>``; a callable gets the row.
+        transform: optional ``f(image, label_map) -> anything`` applied per item.
+        fill: label of pixels no segment covers (255; ``run.background_fill()`` restores a dropped background).
+        **filters: row filters as in ``Run.rows`` (``status`` is forced to ``"ok"``).
+    Items: ``image`` (H, W, 3) uint8 RGB and ``label_map`` (H, W) int64 (255 = no segment), unless
+    ``transform`` returns something else. An image whose size differs from the row's is an error.
+    """
+
+    def __init__(self, run: Run, images: ImageSource = None, transform: Optional[Callable] = None,
+                 fill: int = UNLABELED, **filters: Any):
+        filters["status"] = "ok"
+        self.fill = fill
+        self.rows = list(run.rows(**filters))
+        self.images = images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        row = self.rows[i]
+        image = self._load(row)
+        if image.shape[:2] != (row["height"], row["width"]):
+            raise ValueError(f"{row['image_id']}: image is {image.shape[1]}x{image.shape[0]} but the labels "
+                             f"are {row['width']}x{row['height']} (wrong image source?)")
+        labels = label_map(row, self.fill).astype(np.int64)
+        return self.transform(image, labels) if self.transform else (image, labels)
+
+    def _load(self, row: Dict[str, Any]) -> np.ndarray:
+        if callable(self.images):
+            return self.images(row)
+        if self.images is None:
+            return load_rgb(row["source_uri"])
+        return load_rgb(self.images.rstrip("/") + "/" + row["source_uri"].rstrip("/").rsplit("/", 1)[-1])

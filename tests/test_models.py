@@ -1,0 +1,138 @@
+"""Weights loading through every supported format, refusal of unsafe or mismatched files, and the
+open_clip attributes the dense forward reads (pinned on the installed version)."""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+
+import pytest
+import torch
+
+from pipeline.config import ConfigError, ModelConfig
+from pipeline.models import (ATTN_ATTRS, BLOCK_ATTRS, VISION_ATTRS, WeightsError, build_model, load_state_dict,
+                             resolve_arch, vision_parts)
+from tests.conftest import make_openclip_model
+
+
+def test_open_clip_attributes_are_pinned(tiny_arch):
+    model = make_openclip_model(tiny_arch)
+    v = model.visual
+    for a in VISION_ATTRS:
+        assert hasattr(v, a), a
+    for blk in v.transformer.resblocks:
+        for a in BLOCK_ATTRS:
+            assert hasattr(blk, a), a
+        for a in ATTN_ATTRS:
+            assert hasattr(blk.attn, a), a
+        assert blk.attn.batch_first
+    parts = vision_parts(model)
+    assert len(parts.blocks) == 12 and parts.grid_size == (14, 14) and parts.patch_size == (16, 16)
+
+
+def _visual_out(model, x):
+    with torch.no_grad():
+        return model.visual(x)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_arch):
+    return make_openclip_model(tiny_arch, seed=3)
+
+
+class _OpenAIArchive(torch.nn.Module):
+    """Module with OpenAI CLIP's parameter names, to write a TorchScript archive like OpenAI's."""
+
+    def __init__(self, clip):
+        super().__init__()
+        for name, child in clip.named_children():
+            setattr(self, name, child)
+        for name, p in clip.named_parameters(recurse=False):
+            setattr(self, name, p)
+
+    def forward(self, x):
+        return self.visual.conv1(x)
+
+
+def _write(fmt: str, model, path):
+    sd = model.state_dict()
+    if fmt == "openai_state_dict":
+        torch.save(sd, path)
+    elif fmt == "torchscript":
+        traced = torch.jit.trace(_OpenAIArchive(model).eval(), torch.randn(1, 3, 224, 224))
+        torch.jit.save(traced, path)
+    elif fmt == "open_clip_checkpoint":
+        torch.save({"epoch": 3, "name": "x", "state_dict": {f"module.{k}": v for k, v in sd.items()}}, path)
+    elif fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+
+
+@pytest.mark.parametrize("fmt,suffix", [("openai_state_dict", ".pt"), ("torchscript", ".pt"),
+                                        ("open_clip_checkpoint", ".pt"), ("safetensors", ".safetensors")])
+def test_weights_round_trip(fmt, suffix, tiny_arch, reference, tmp_path):
+    path = tmp_path / f"w{suffix}"
+    _write(fmt, reference, path)
+    model, digest = build_model(ModelConfig(arch=tiny_arch, weights=str(path), device="cpu"))
+    x = torch.randn(2, 3, 224, 224)
+    torch.testing.assert_close(_visual_out(model, x), _visual_out(reference, x), rtol=0, atol=0)
+    assert digest.startswith("sha256:") and len(digest) == 7 + 64
+    acts = {type(b.mlp.gelu).__name__ for b in model.visual.transformer.resblocks}
+    assert acts == {"QuickGELU"}
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ['RESLABEL_PWNED']}",))
+
+
+def test_malicious_pickle_is_refused_and_never_runs(tiny_arch, tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("RESLABEL_PWNED", str(marker))
+    bad = tmp_path / "evil.pt"
+    torch.save({"visual.proj": torch.zeros(1), "x": _Payload()}, bad)
+    with pytest.raises(WeightsError, match="evil.pt.*refused"):
+        build_model(ModelConfig(arch=tiny_arch, weights=str(bad)))
+    legacy = tmp_path / "evil_legacy.pkl"
+    legacy.write_bytes(pickle.dumps(_Payload()))
+    with pytest.raises(WeightsError, match="refused"):
+        load_state_dict(str(legacy))
+    assert not marker.exists()
+
+
+def test_mismatch_names_file_and_first_key(tiny_arch, reference, tmp_path):
+    sd = reference.state_dict()
+    sd["visual.proj"] = torch.zeros(3, 3)
+    path = tmp_path / "shape.pt"
+    torch.save(sd, path)
+    with pytest.raises(WeightsError, match=r"shape.pt.*'visual.proj'.*\(3, 3\)"):
+        build_model(ModelConfig(arch=tiny_arch, weights=str(path)))
+    del sd["visual.proj"]
+    torch.save(sd, path)
+    with pytest.raises(WeightsError, match=r"shape.pt: missing key 'visual.proj'"):
+        build_model(ModelConfig(arch=tiny_arch, weights=str(path)))
+
+
+def test_unknown_arch_lists_valid_names():
+    with pytest.raises(ConfigError, match="ViT-B-16"):
+        resolve_arch("ViT-Nope-99")
+
+
+def test_missing_weights_file_and_bad_zip(tiny_arch, tmp_path):
+    with pytest.raises(WeightsError, match="not found"):
+        build_model(ModelConfig(arch=tiny_arch, weights=str(tmp_path / "absent.pt")))
+    junk = tmp_path / "junk.pt"
+    with zipfile.ZipFile(junk, "w") as z:
+        z.writestr("a.txt", "hello")
+    with pytest.raises(WeightsError, match="junk.pt"):
+        build_model(ModelConfig(arch=tiny_arch, weights=str(junk)))
+
+
+def test_model_config_needs_one_source():
+    with pytest.raises(ConfigError, match="exactly one weight source"):
+        ModelConfig(pretrained="openai", weights="x.pt").validate()
+    with pytest.raises(ConfigError, match="exactly one weight source"):
+        ModelConfig().validate()
+    with pytest.raises(ConfigError, match="dtype"):
+        ModelConfig(random_init=True, dtype="fp8").validate()

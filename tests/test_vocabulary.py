@@ -1,0 +1,67 @@
+"""Vocabulary parsing (benchmark file format), templates, and the errors raised before model work."""
+from __future__ import annotations
+
+import pytest
+
+from pipeline.config import ConfigError
+from pipeline.vocabulary import BENCHMARK_VOCABULARIES, Vocabulary, default_templates
+
+# (queries, classes) per benchmark, METHODS.md §1.3
+EXPECTED = {"voc21": (56, 21), "voc20": (30, 20), "coco_object": (113, 81), "context60": (60, 60),
+            "context59": (59, 59), "cityscapes": (19, 19), "ade20k": (150, 150), "coco_stuff": (171, 171)}
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARK_VOCABULARIES))
+def test_benchmark_vocabularies(name):
+    v = Vocabulary.load(name)
+    assert (v.num_queries, v.num_classes) == EXPECTED[name]
+    assert len(v.templates) == 80 and v.templates == default_templates()
+    assert max(v.query_to_class) == v.num_classes - 1
+
+
+def test_synonyms_map_to_their_line():
+    v = Vocabulary.from_text("sky, wall, tree\ncat\ndog, puppy\n")
+    assert v.query_names == ("sky", "wall", "tree", "cat", "dog", "puppy")
+    assert v.query_to_class == (0, 0, 0, 1, 2, 2)
+    assert v.class_names == ("sky", "cat", "dog")
+
+
+def test_only_newline_is_stripped():
+    v = Vocabulary.from_text("cat\nwood \n")
+    assert v.query_names == ("cat", "wood ")  # parity: the official loader keeps the trailing space
+
+
+def test_context60_keeps_trailing_space():
+    assert Vocabulary.load("context60").query_names[-1] == "wood "
+
+
+def test_hash_depends_on_content_not_source():
+    a = Vocabulary.from_lines(["cat", "dog"], source="a")
+    b = Vocabulary.from_lines(["cat", "dog"], source="b")
+    c = Vocabulary.from_lines(["cat", "dog"], templates=["a {}."])
+    assert a.hash == b.hash != c.hash
+
+
+@pytest.mark.parametrize("lines,templates,match", [
+    ([], None, "empty"),
+    (["cat", "dog", "cat"], None, "duplicate class names \\['cat'\\]"),
+    (["cat", ""], None, "line 2 has an empty class name"),
+    (["cat, "], None, "empty class name"),
+    (["cat"], ["a photo of a cat."], "exactly one"),
+    (["cat"], ["{} and {}"], "exactly one"),
+    (["cat"], [], "no prompt templates"),
+])
+def test_bad_vocabularies(lines, templates, match):
+    with pytest.raises(ConfigError, match=match):
+        Vocabulary.from_lines(lines, templates)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="nope.txt: file not found"):
+        Vocabulary.load(str(tmp_path / "nope.txt"))
+
+
+def test_file_and_templates_load(tiny_vocab_file, tiny_templates_file):
+    v = Vocabulary.load(tiny_vocab_file, tiny_templates_file)
+    assert v.num_queries == 7 and v.num_classes == 4
+    assert v.prompts("cat") == ["a photo of a cat.", "a bad photo of the cat."]
