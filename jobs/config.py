@@ -1,0 +1,99 @@
+"""``LabelJobConfig``: every option of the labeling job, validated once before any work.
+
+The same dataclass is the CLI (``jobs.label``), the run's recorded config (``_plan.parquet`` metadata,
+Parquet key-value metadata, ``_SUCCESS.json``) and the Python API. It holds no credentials.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from jobs.inputs import INPUT_FORMATS
+from pipeline.config import DTYPES, ConfigError, ModelConfig, SegmenterConfig
+from pipeline.decode import DEFAULT_MAX_PIXELS
+
+RETRY_POLICIES = {
+    # statuses of committed rows that a later run labels again
+    "transient": ("read_error", "inference_error"),
+    "all": ("read_error", "inference_error", "decode_error", "unsupported", "too_large", "too_small", "empty"),
+    "none": (),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelJobConfig:
+    """Options of one labeling job. Sizes in pixels, counts in images unless noted."""
+
+    input: str
+    output: str
+    preset: str = "voc21"
+    input_format: str = "auto"
+    vocabulary: Optional[str] = None  # file/URI overriding the preset's vocabulary
+    templates: Optional[str] = None  # prompt templates file/URI (None: the 80 ImageNet templates)
+    method: str = "resclip"
+    base: str = "naclip"
+    model: str = "ViT-B-16"  # open_clip name or a JSON config path
+    pretrained: Optional[str] = None
+    weights: Optional[str] = None
+    dtype: str = "fp32"
+    device: str = "auto"
+    run_id: Optional[str] = None  # None: resume this config's unfinished run, else a new timestamped id
+    num_actors: int = 1
+    gpus_per_actor: float = 0.0
+    cpus_per_actor: float = 1.0  # also the torch thread count of a CPU actor
+    batch_size: int = 4  # images per actor call
+    shard_size: int = 256  # images per committed part file
+    read_batch_size: int = 16  # images per read+decode task call
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    background: str = "auto"  # auto | none | a class name to drop from segments
+    retry: str = "transient"  # which failed statuses a later run retries (see RETRY_POLICIES)
+    bytes_column: str = "jpg"
+    id_column: str = "key"
+    uri_column: Optional[str] = None
+    text_cache: Optional[str] = None  # None: OUTPUT/_text_cache
+    s3_endpoint: Optional[str] = None  # URL of an S3-compatible endpoint (never credentials)
+    ray_address: Optional[str] = None  # None: $RAY_ADDRESS, else a local Ray
+
+    def validate(self) -> "LabelJobConfig":
+        if self.input_format not in INPUT_FORMATS:
+            raise ConfigError(f"--input-format {self.input_format!r}; valid: {', '.join(INPUT_FORMATS)}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"--dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
+        if self.pretrained is not None and self.weights is not None:
+            raise ConfigError("give either --pretrained TAG or --weights URI, not both")
+        if self.retry not in RETRY_POLICIES:
+            raise ConfigError(f"--retry {self.retry!r}; valid: {', '.join(RETRY_POLICIES)}")
+        for name in ("num_actors", "batch_size", "shard_size", "read_batch_size", "max_pixels"):
+            if int(getattr(self, name)) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be > 0 (got {getattr(self, name)})")
+        if self.gpus_per_actor < 0 or self.cpus_per_actor <= 0:
+            raise ConfigError("--gpus-per-actor must be >= 0 and --cpus-per-actor > 0")
+        if self.run_id is not None and (not self.run_id or "/" in self.run_id or self.run_id.startswith(("_", "."))):
+            raise ConfigError(f"--run-id {self.run_id!r}: use letters, digits, '-', '_' or '.' (no '/', not starting with '_' or '.')")
+        self.segmenter_config()
+        return self
+
+    def segmenter_config(self) -> SegmenterConfig:
+        """The preset with the job's overrides; raises ``KeyError``/``ConfigError`` naming valid values."""
+        from pipeline import get_preset
+
+        overrides = {}
+        if self.vocabulary is not None:
+            overrides["vocabulary"] = self.vocabulary
+        if self.templates is not None:
+            overrides["templates"] = self.templates
+        return get_preset(self.preset, method=self.method, base=self.base, **overrides)
+
+    def model_config(self) -> ModelConfig:
+        pretrained = self.pretrained
+        if pretrained is None and self.weights is None:
+            pretrained = "openai"
+        return ModelConfig(arch=self.model, pretrained=pretrained, weights=self.weights, dtype=self.dtype,
+                           device=self.device).validate()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    # options that change the rows (beyond the segmenter's config hash): part of the run's config hash
+    def row_options(self) -> dict:
+        return {"background": self.background, "max_pixels": self.max_pixels}

@@ -1,0 +1,135 @@
+"""Indexing and byte fetching for container inputs (Parquet with image bytes, WebDataset tars, manifests).
+
+``index_*`` run on the driver and return ``jobs.inputs.entry`` dicts; ``fetch_bytes`` runs in read
+tasks and returns each row's encoded image bytes (or a read error) using the locator in the index.
+"""
+from __future__ import annotations
+
+import os
+import posixpath
+import tarfile
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jobs import storage
+from jobs.inputs import IMAGE_EXTS, InputError, InputOptions, entry, stable_id
+from schemas import Status
+
+
+def index_parquet(files: Sequence[str], options: InputOptions) -> List[Dict]:
+    """One entry per row of each file; id from ``options.id_column`` (else a hash of file#row)."""
+    out = []
+    for uri in files:
+        fs, path = storage.fs_for(uri)
+        with fs.open(path, "rb") as f:
+            pf = pq.ParquetFile(f)
+            names = pf.schema_arrow.names
+            if options.bytes_column not in names:
+                raise InputError(f"{uri}: no image-bytes column {options.bytes_column!r} (columns: {names}); set --bytes-column")
+            has_id = options.id_column in names
+            for rg in range(pf.num_row_groups):
+                n = pf.metadata.row_group(rg).num_rows
+                ids = pf.read_row_group(rg, columns=[options.id_column]).column(0).to_pylist() if has_id else [None] * n
+                for i, key in enumerate(ids):
+                    loc = f"{uri}#rg{rg}.{i}"
+                    image_id = str(key) if key is not None else stable_id(loc)
+                    out.append(entry(image_id, f"{uri}#{key}" if key is not None else loc, uri, row_group=rg, row=i))
+    return out
+
+
+def _wds_key(name: str) -> Tuple[str, str]:
+    """WebDataset convention: key = path up to the first dot of the basename; the rest is the extension."""
+    d, base = posixpath.split(name)
+    stem, _, ext = base.partition(".")
+    return posixpath.join(d, stem), ext.lower()
+
+
+def index_webdataset(files: Sequence[str]) -> List[Dict]:
+    """One entry per sample (members sharing a key); the image member is located by byte range."""
+    out = []
+    for uri in files:
+        fs, path = storage.fs_for(uri)
+        samples: Dict[str, List[tarfile.TarInfo]] = {}
+        try:
+            with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+                for m in tar:
+                    if m.isfile():
+                        samples.setdefault(_wds_key(m.name)[0], []).append(m)
+        except tarfile.TarError as e:
+            raise InputError(f"{uri}: not a readable tar shard ({e})") from e
+        for key, members in samples.items():
+            img = next((m for m in members if m.name.lower().endswith(IMAGE_EXTS)), None)
+            if img is None:
+                exts = sorted(_wds_key(m.name)[1] for m in members)
+                out.append(entry(key, f"{uri}#{key}", uri, pre_status=Status.UNSUPPORTED.value,
+                                 pre_error=f"sample has no image member (extensions: {exts})"))
+            else:
+                out.append(entry(key, f"{uri}#{img.name}", uri, offset=img.offset_data, length=img.size))
+    return out
+
+
+def _read_table(uri: str) -> pa.Table:
+    fs, path = storage.fs_for(uri)
+    low = uri.lower()
+    with fs.open(path, "rb") as f:
+        if low.endswith(".parquet"):
+            return pq.read_table(f)
+        if low.endswith(".csv"):
+            import pyarrow.csv as pcsv
+
+            return pcsv.read_csv(f)
+        import pyarrow.json as pjson
+
+        return pjson.read_json(f)
+
+
+URI_COLUMNS = ("uri", "url", "path", "image_uri", "image_url")
+ID_COLUMNS = ("image_id", "id", "key")
+
+
+def index_manifest(files: Sequence[str], options: InputOptions) -> List[Dict]:
+    """One entry per manifest row. Relative paths resolve against the manifest's directory."""
+    out = []
+    for uri in files:
+        t = _read_table(uri)
+        ucol = options.uri_column or next((c for c in URI_COLUMNS if c in t.column_names), None)
+        if ucol not in t.column_names:
+            raise InputError(f"manifest {uri}: no URI column (looked for {options.uri_column or URI_COLUMNS}; has {t.column_names})")
+        icol = next((c for c in (options.id_column, *ID_COLUMNS) if c in t.column_names), None)
+        uris = t.column(ucol).to_pylist()
+        ids = t.column(icol).to_pylist() if icol else [None] * len(uris)
+        base = posixpath.dirname(uri) if storage.is_remote(uri) else os.path.dirname(uri)
+        for u, i in zip(uris, ids):
+            if not u:
+                raise InputError(f"manifest {uri}: empty URI in column {ucol!r}")
+            full = u if (storage.is_remote(u) or os.path.isabs(u)) else storage.join(base, u)
+            full = storage.normalize(full)
+            out.append(entry(str(i) if i is not None else stable_id(full), full, full))
+    return out
+
+
+def fetch_bytes(rows: Sequence[Dict], bytes_column: str) -> List[Tuple[Optional[bytes], Optional[str]]]:
+    """For each index row: (bytes, None) or (None, read-error message). Never raises for one bad row."""
+    out: List[Tuple[Optional[bytes], Optional[str]]] = []
+    parquet_cache: Dict[Tuple[str, int], pa.Array] = {}
+    for r in rows:
+        try:
+            out.append((_fetch_one(r, bytes_column, parquet_cache), None))
+        except Exception as e:  # noqa: BLE001 - a missing/unreadable object is this row's problem
+            out.append((None, f"{type(e).__name__}: {e}"))
+    return out
+
+
+def _fetch_one(r: Dict, bytes_column: str, cache: Dict) -> Optional[bytes]:
+    fs, path = storage.fs_for(r["path"])
+    if r["row_group"] >= 0:
+        key = (r["path"], r["row_group"])
+        if key not in cache:
+            with fs.open(path, "rb") as f:
+                cache[key] = pq.ParquetFile(f).read_row_group(r["row_group"], columns=[bytes_column]).column(0)
+        return cache[key][r["row"]].as_py()
+    if r["offset"] >= 0:
+        return fs.cat_file(path, start=r["offset"], end=r["offset"] + r["length"])
+    return fs.cat_file(path)

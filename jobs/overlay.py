@@ -1,0 +1,110 @@
+"""Look at labels: a contact sheet of a run, or segment one picture and see its overlay.
+
+    python -m jobs.overlay --run out/runs/<run_id> --out sheet.png [--n 16 --cols 4 --thumb 256]
+    python -m jobs.overlay --image cat.jpg --preset voc21 --weights ViT-B-16.pt --out cat.png \
+        [--vocabulary my_classes.txt]
+
+The sheet samples ``--n`` ok images (seeded), reads their pixels from ``source_uri`` (or ``--images DIR``),
+paints the masks and adds a legend with each class's pixel share over the whole run. The one-image
+mode runs the segmenter in-process (no Ray). Both write a PNG.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from typing import List, Optional
+
+import numpy as np
+
+from jobs.evaluate import parse_overrides
+from pipeline.label_dataset import LabeledImageDataset, load_rgb
+from pipeline.overlay import contact_sheet, overlay_image
+from pipeline.reader import UNLABELED, RunNotCommitted, class_pixel_totals, open_run
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m jobs.overlay", description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="run directory (local or s3://); draws a contact sheet")
+    src.add_argument("--image", help="one image file/URI to segment and overlay")
+    p.add_argument("--out", required=True, help="output PNG path or URI")
+    p.add_argument("--alpha", type=float, default=0.5, help="mask opacity")
+    g = p.add_argument_group("contact sheet (--run)")
+    g.add_argument("--n", type=int, default=16, help="number of sampled images")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--cols", type=int, default=4)
+    g.add_argument("--thumb", type=int, default=256, help="cell size in pixels")
+    g.add_argument("--images", help="read pixels from DIR/<basename of source_uri> instead of source_uri")
+    g.add_argument("--fill-excluded", action="store_true", help="paint the class the job dropped (background)")
+    g.add_argument("--allow-partial", action="store_true")
+    m = p.add_argument_group("one image (--image)")
+    m.add_argument("--preset", default="voc21")
+    m.add_argument("--vocabulary", help="class-name file (one class per line, synonyms comma-separated)")
+    m.add_argument("--templates", help="prompt-template file ({} = class name)")
+    m.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="SegmenterConfig overrides (JSON)")
+    w = m.add_mutually_exclusive_group()
+    w.add_argument("--weights")
+    w.add_argument("--pretrained")
+    w.add_argument("--random-init", action="store_true")
+    m.add_argument("--arch", default="ViT-B-16")
+    m.add_argument("--dtype", default="fp32")
+    args = p.parse_args(argv)
+    if args.image and not (args.weights or args.pretrained or args.random_init):
+        p.error("--image needs --weights PATH, --pretrained TAG or --random-init")
+    return args
+
+
+def sheet(args: argparse.Namespace):
+    """Sample ``args.n`` ok rows and draw the contact sheet (PIL image)."""
+    run = open_run(args.run, allow_partial=args.allow_partial)
+    ids = [r["image_id"] for r in run.rows(status="ok", columns=["image_id"])]
+    chosen = sorted(random.Random(args.seed).sample(ids, min(args.n, len(ids))))
+    fill = run.background_fill() if args.fill_excluded else UNLABELED
+    dset = LabeledImageDataset(run, images=args.images, fill=fill, image_ids=chosen)
+    items = []
+    for i in range(len(dset)):
+        image, labels = dset[i]
+        name = dset.rows[i]["source_uri"].rstrip("/").rsplit("/", 1)[-1]
+        items.append((image, labels, name))
+    totals = class_pixel_totals(run).astype(np.float64)
+    share = totals / totals.sum() if totals.sum() else totals
+    return contact_sheet(items, run.categories, cols=args.cols, thumb=args.thumb, alpha=args.alpha, share=share)
+
+
+def one_image(args: argparse.Namespace):
+    """Segment ``args.image`` in-process and draw its overlay (PIL image)."""
+    from pipeline import ModelConfig, get_preset
+    from pipeline.segmenter import Segmenter
+
+    overrides = parse_overrides(args.set)
+    for key in ("vocabulary", "templates"):
+        if getattr(args, key):
+            overrides[key] = getattr(args, key)
+    cfg = get_preset(args.preset, **overrides)
+    mc = ModelConfig(arch=args.arch, weights=args.weights, pretrained=args.pretrained,
+                     random_init=args.random_init, dtype=args.dtype)
+    seg = Segmenter.build(cfg, mc)
+    image = load_rgb(args.image)
+    result = seg.segment([image], names=[args.image])[0]
+    title = f"{args.image.rsplit('/', 1)[-1]}  ({cfg.preset}, {cfg.method}/{cfg.base})"
+    return overlay_image(image, result.labels, seg.class_names, alpha=args.alpha, title=title)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    import fsspec
+
+    args = parse_args(argv)
+    try:
+        picture = sheet(args) if args.run else one_image(args)
+    except (RunNotCommitted, FileNotFoundError, ValueError) as e:
+        print(f"overlay failed: {e}", file=sys.stderr)
+        return 2
+    with fsspec.open(args.out, "wb", auto_mkdir=True) as f:
+        picture.save(f, format="PNG")
+    print(f"wrote {args.out} ({picture.width}x{picture.height})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

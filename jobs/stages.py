@@ -1,0 +1,150 @@
+"""The Ray Data stages of the labeling job: read+decode (CPU tasks) and segment+encode (actor pool).
+
+Both take and return ``pyarrow.Table`` batches, one row per input image, so every input reaches the
+writer as exactly one row: failures are rows with a status, never exceptions. Private columns
+(``_shard``, ``_t_*`` stage seconds) ride along and are stripped by the writer.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from jobs import storage
+from schemas import Status, make_row, rows_to_table
+
+DECODED_SCHEMA = pa.schema([
+    ("image_id", pa.string()), ("source_uri", pa.string()), ("_shard", pa.int32()),
+    ("status", pa.string()), ("error", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
+    ("pixels", pa.binary()),  # resized RGB uint8, row-major (rh, rw, 3); null unless ok
+    ("rh", pa.int32()), ("rw", pa.int32()), ("_t_read", pa.float64()), ("_t_decode", pa.float64()),
+])
+TIMING_COLUMNS = ("_t_read", "_t_decode", "_t_segment", "_t_encode")
+
+
+def read_decode(batch: pa.Table, *, seg_config, bytes_column: str, max_pixels: int,
+                s3_endpoint: Optional[str] = None) -> pa.Table:
+    """Index rows (``jobs.inputs.INDEX_SCHEMA`` + ``_shard``) → decoded, resized images (``DECODED_SCHEMA``)."""
+    from jobs.containers import fetch_bytes
+
+    storage.apply_endpoint(s3_endpoint)
+    rows = batch.to_pylist()
+    t0 = time.perf_counter()
+    todo = [r for r in rows if not r["pre_status"]]
+    fetched = dict(zip((r["image_id"] for r in todo), fetch_bytes(todo, bytes_column)))
+    t_read = (time.perf_counter() - t0) / max(len(rows), 1)
+    out = []
+    for r in rows:
+        t1 = time.perf_counter()
+        rec = _decode_one(r, fetched.get(r["image_id"]), seg_config, max_pixels)
+        rec.update(image_id=r["image_id"], source_uri=r["source_uri"], _shard=r["_shard"], _t_read=t_read,
+                   _t_decode=time.perf_counter() - t1)
+        out.append(rec)
+    return pa.Table.from_pylist(out, schema=DECODED_SCHEMA)
+
+
+def _decode_one(r: Dict, fetched, seg_config, max_pixels: int) -> Dict:
+    from pipeline.decode import decode_image
+    from pipeline.preprocess import ImageError, resize_for_config
+
+    if r["pre_status"]:
+        return dict(status=r["pre_status"], error=r["pre_error"])
+    data, read_error = fetched
+    if read_error is not None:
+        return dict(status=Status.READ_ERROR.value, error=read_error)
+    d = decode_image(data, max_pixels=max_pixels)
+    base = dict(status=d.status, error=d.error, width=d.width, height=d.height)
+    if d.status != Status.OK.value:
+        return base
+    try:
+        img = resize_for_config(d.image, seg_config, r["source_uri"])
+    except ImageError as e:
+        status = Status.TOO_LARGE if "exceeds" in str(e) else Status.TOO_SMALL
+        return dict(base, status=status.value, error=str(e))
+    return dict(base, pixels=img.tobytes(), rh=img.shape[0], rw=img.shape[1])
+
+
+class SegmentStage:
+    """Actor: builds the ``Segmenter`` once (shared text embeddings from the object store), then turns
+    decoded batches into label rows (``schemas.LABEL_SCHEMA`` + private columns)."""
+
+    def __init__(self, seg_config, model_config, text_embeddings, provenance: Dict[str, str], run_id: str,
+                 exclude_ids: Sequence[int], torch_threads: int, s3_endpoint: Optional[str] = None):
+        import ray
+        import torch
+
+        from pipeline.segmenter import Segmenter
+
+        storage.apply_endpoint(s3_endpoint)
+        if not torch.cuda.is_available():
+            torch.set_num_threads(max(1, int(torch_threads)))  # Ray sets OMP_NUM_THREADS=1 in workers
+        te = ray.get(text_embeddings) if isinstance(text_embeddings, ray.ObjectRef) else text_embeddings
+        self.seg = Segmenter.build(seg_config, model_config, text_embeddings=te)
+        own = self.seg.provenance()
+        for k in ("weights_digest", "vocabulary_hash", "method", "base", "preset"):
+            if own[k] != provenance[k]:
+                raise RuntimeError(f"actor built a different segmenter than planned: {k} {own[k]!r} != {provenance[k]!r}")
+        self.provenance = {k: provenance[k] for k in ("method", "base", "preset", "model", "weights_digest",
+                                                       "vocabulary_hash", "config_hash", "code_version")}
+        self.run_id = run_id
+        self.exclude = set(exclude_ids)
+        self.patch = tuple(self.seg.vision.patch_size)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        recs = batch.to_pylist()
+        t0 = time.perf_counter()
+        results = self._segment(recs)
+        t_seg = (time.perf_counter() - t0) / max(len(recs), 1)
+        rows, t_enc = [], []
+        now = datetime.datetime.now(datetime.timezone.utc)
+        for rec, res in zip(recs, results):
+            t1 = time.perf_counter()
+            rows.append(self._row(rec, res, now))
+            t_enc.append(time.perf_counter() - t1)
+        table = rows_to_table(rows)
+        extra = {"_shard": batch.column("_shard"), "_t_read": batch.column("_t_read"),
+                 "_t_decode": batch.column("_t_decode"), "_t_segment": pa.array([t_seg] * len(rows), pa.float64()),
+                 "_t_encode": pa.array(t_enc, pa.float64())}
+        for name, col in extra.items():
+            table = table.append_column(name, col)
+        return table
+
+    def _segment(self, recs: List[Dict]) -> List:
+        """Per record: a SegmentationResult, an (status, message) tuple, or None (not an ok input)."""
+        out: List = [None] * len(recs)
+        idx = []
+        for i, r in enumerate(recs):
+            if r["status"] != Status.OK.value:
+                continue
+            if r["rh"] < self.patch[0] or r["rw"] < self.patch[1]:
+                out[i] = (Status.TOO_SMALL.value, f"resized to {r['rh']}x{r['rw']}, smaller than one {self.patch} patch")
+            else:
+                idx.append(i)
+        images = [np.frombuffer(recs[i]["pixels"], np.uint8).reshape(recs[i]["rh"], recs[i]["rw"], 3) for i in idx]
+        sizes = [(recs[i]["height"], recs[i]["width"]) for i in idx]
+        try:
+            for i, res in zip(idx, self.seg.segment_prepared(images, sizes)):
+                out[i] = res
+        except Exception:  # noqa: BLE001 - isolate the failing image(s) one by one
+            for i, img, hw in zip(idx, images, sizes):
+                try:
+                    out[i] = self.seg.segment_prepared([img], [hw])[0]
+                except Exception as e:  # noqa: BLE001 - becomes this image's row
+                    out[i] = (Status.INFERENCE_ERROR.value, f"{type(e).__name__}: {e}"[:2000])
+        return out
+
+    def _row(self, rec: Dict, res, now: datetime.datetime) -> Dict:
+        from pipeline.segments import segments_from_labels
+
+        common = dict(image_id=rec["image_id"], source_uri=rec["source_uri"], width=rec["width"],
+                      height=rec["height"], run_id=self.run_id, labeled_at=now, **self.provenance)
+        if res is None:
+            return make_row(status=rec["status"], error=rec["error"], **common)
+        if isinstance(res, tuple):
+            return make_row(status=res[0], error=res[1], **common)
+        segs = segments_from_labels(res.labels, self.seg.class_names, res.class_scores, exclude=self.exclude)
+        return make_row(status=Status.OK.value, segments=segs, **common)
