@@ -11,7 +11,6 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
-_MAX_PROBE_TABLE = 1 << 22  # pairs × steps above which the path check runs in row chunks
 
 
 def patch_labels(probs: torch.Tensor, temp_thd: float, patch: Tuple[int, int]) -> torch.Tensor:
@@ -32,57 +31,51 @@ def patch_labels(probs: torch.Tensor, temp_thd: float, patch: Tuple[int, int]) -
     return torch.mode(blocks, dim=-1).values
 
 
-@functools.lru_cache(maxsize=16)
-def _pair_geometry(grid: Tuple[int, int]) -> Tuple[torch.Tensor, torch.Tensor, int]:
-    """Pair coordinates for a grid: start/end (N², 2) int64 (row, col) and D_max."""
+@functools.lru_cache(maxsize=32)
+def _axis_probes(length: int, d_max: int) -> torch.Tensor:
+    """Rounded probe coordinate per (start, end, k) along one axis: (length, length, K) int64.
+
+    parity: the official ``check_path`` evaluates start·(1 − t_k) + end·t_k per coordinate in float32
+    with t = linspace(0, 1, D_max + 1) and rounds half-to-even; the same expression is used here, once
+    per axis instead of once per pair.
+    """
+    t = torch.linspace(0, 1, steps=d_max + 1)  # (K,) float32
+    pos = torch.arange(length).view(-1, 1, 1)  # start coordinate
+    end = torch.arange(length).view(1, -1, 1)
+    return (pos * (1 - t) + end * t).round().long()  # (L, L, K)
+
+
+@functools.lru_cache(maxsize=32)
+def chebyshev(grid: Tuple[int, int]) -> torch.Tensor:
+    """D (N, N) int64: max(|r_i − r_j|, |c_i − c_j|) between patches in raster order."""
     hp, wp = grid
-    idx = torch.arange(hp * wp)
-    i, j = torch.meshgrid(idx, idx, indexing="ij")  # (N, N)
-    start = torch.stack((i // wp, i % wp), dim=-1).view(-1, 2)  # (N², 2)
-    end = torch.stack((j // wp, j % wp), dim=-1).view(-1, 2)
-    return start, end, max(hp, wp) - 1
-
-
-def _probe_chunk(start: torch.Tensor, end: torch.Tensor, steps: torch.Tensor, d_max: int, wp: int):
-    """Probe raster indices (P, K) and validity (P, K) for pairs (P, 2) (parity: ``check_path``)."""
-    t = torch.linspace(0, 1, steps=d_max + 1).unsqueeze(1).unsqueeze(0)  # (1, K, 1) float32
-    cur = start.unsqueeze(1) * (1 - t) + end.unsqueeze(1) * t  # (P, K, 2) float32
-    cur = cur.round().long()  # parity: round-half-to-even on the float32 value
-    valid = torch.arange(d_max + 1).unsqueeze(0) <= steps.unsqueeze(1)  # (P, K)
-    return cur[..., 0] * wp + cur[..., 1], valid
-
-
-@functools.lru_cache(maxsize=16)
-def _probe_table(grid: Tuple[int, int]):
-    start, end, d_max = _pair_geometry(grid)
-    steps = (end - start).abs().max(dim=1).values
-    return _probe_chunk(start, end, steps, d_max, grid[1])
+    r = torch.arange(hp).repeat_interleave(wp)  # (N,)
+    c = torch.arange(wp).repeat(hp)
+    return torch.maximum((r[:, None] - r[None]).abs(), (c[:, None] - c[None]).abs())
 
 
 def valid_paths(labels: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
     """V (B, N, N) bool: every probe on the (partial) segment from i towards j carries label L_i.
 
     parity: probes are t_k = k / D_max for k ≤ D_ij only, so only the first D_ij/D_max of the segment
-    is inspected (METHODS §2.5 f2).
+    is inspected (METHODS §2.5 f2). Computed one step k at a time over all pairs: O(K·N²) work and
+    O(N²) memory, with the probe coordinates separable per axis.
     """
-    b, n = labels.shape[0], grid[0] * grid[1]
+    hp, wp = grid
+    b, n = labels.shape[0], hp * wp
     flat = labels.reshape(b, n)  # (B, N)
-    start, end, d_max = _pair_geometry(grid)
+    d_max = max(hp, wp) - 1
+    valid = torch.ones(b, n, n, dtype=torch.bool)
     if d_max == 0:
-        return torch.ones(b, n, n, dtype=torch.bool)
-    first = start[:, 0] * grid[1] + start[:, 1]  # (N²,) raster index of i
-    if n * n * (d_max + 1) <= _MAX_PROBE_TABLE:
-        probe, valid = _probe_table(grid)
-        ok = (flat[:, probe] == flat[:, first].unsqueeze(-1)) | ~valid  # (B, N², K)
-        return ok.all(dim=-1).view(b, n, n)
-    out = torch.empty(b, n * n, dtype=torch.bool)
-    rows = max(1, _MAX_PROBE_TABLE // (n * (d_max + 1)))
-    for r0 in range(0, n, rows):
-        sl = slice(r0 * n, min(n, r0 + rows) * n)
-        s, e = start[sl], end[sl]
-        probe, valid = _probe_chunk(s, e, (e - s).abs().max(dim=1).values, d_max, grid[1])
-        out[:, sl] = ((flat[:, probe] == flat[:, first[sl]].unsqueeze(-1)) | ~valid).all(dim=-1)
-    return out.view(b, n, n)
+        return valid
+    rows, cols = _axis_probes(hp, d_max), _axis_probes(wp, d_max)  # (hp, hp, K), (wp, wp, K)
+    dist = chebyshev(grid)
+    start = flat.unsqueeze(2)  # (B, N, 1) label of i
+    for k in range(1, d_max + 1):  # k = 0 probes i itself
+        probe = rows[:, None, :, None, k] * wp + cols[None, :, None, :, k]  # (hp, wp, hp, wp) = (i, j)
+        hit = flat[:, probe.reshape(n, n)] == start  # (B, N, N)
+        valid &= hit | (dist < k)
+    return valid
 
 
 def row_smoothing_kernel(n: int, std: float) -> torch.Tensor:
@@ -105,9 +98,7 @@ def sfr_matrix(labels: torch.Tensor, std: float, delete_same_entity: bool = True
     flat = labels.reshape(b, n)
     s = (flat.unsqueeze(2) == flat.unsqueeze(1)).float()  # (B, N, N)
     if delete_same_entity and n > 1:
-        start, end, d_max = _pair_geometry((hp, wp))
-        steps = (end - start).abs().max(dim=1).values.view(n, n)  # (N, N) Chebyshev distance
-        decay = torch.exp(-steps / d_max)
+        decay = torch.exp(-chebyshev((hp, wp)) / (max(hp, wp) - 1))  # (N, N)
         s = torch.where(valid_paths(labels, (hp, wp)), s, s * decay)
     kernel = row_smoothing_kernel(n, std)
     blurred = F.conv1d(s.reshape(b * n, 1, n), kernel.view(1, 1, -1), padding=kernel.numel() // 2)

@@ -1,0 +1,108 @@
+"""Per-crop time of the bare ViT trunk vs each variant, fp32 vs bf16, batch 1 vs batched.
+
+Random ViT-B/16 weights (timings do not depend on the values). Writes JSON (``--out``) with machine
+info; ``--markdown`` prints the README table. Ratios are measured side by side in one run: report
+medians, never compare absolute numbers across machines or runs.
+
+    .venv/bin/python bench/bench_core.py --out bench/results/core.json --markdown
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Callable, Dict, List
+
+import torch
+
+from pipeline import ModelConfig
+from pipeline.dense import DenseParams, crop_logits
+from pipeline.models import TORCH_DTYPES, build_model, vision_parts
+from pipeline.variants import get_variant
+
+VARIANTS = ["none/vanilla", "none/sclip", "none/clearclip", "none/naclip", "rcs/naclip", "sfr/naclip", "resclip/naclip"]
+
+
+def _median_time(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def machine_info() -> Dict[str, object]:
+    return {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def run(arch: str, queries: List[int], dtypes: List[str], batches: List[int], size: tuple, repeats: int,
+        variants: List[str], device: str) -> List[Dict[str, object]]:
+    rows = []
+    for dtype in dtypes:
+        model, _ = build_model(ModelConfig(arch=arch, random_init=True, dtype=dtype, device=device))
+        vp = vision_parts(model)
+        dev = next(model.parameters()).device
+        for q in queries:
+            text = torch.nn.functional.normalize(torch.randn(q, vp.proj.shape[1]), dim=-1).to(dev, TORCH_DTYPES[dtype])
+            for b in batches:
+                x = torch.randn(b, 3, *size, device=dev, dtype=TORCH_DTYPES[dtype])
+                sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+                def trunk():
+                    with torch.no_grad():
+                        model.visual(x)
+                    sync()
+                base = _median_time(trunk, repeats) / b
+                rows.append(dict(dtype=dtype, queries=q, batch=b, size=list(size), variant="trunk", s_per_crop=base, ratio=1.0))
+                for name in variants:
+                    p = DenseParams(get_variant(*name.split("/")), temp_thd=0.1)
+
+                    def method():
+                        crop_logits(vp, x, text, p)
+                        sync()
+                    t = _median_time(method, repeats) / b
+                    rows.append(dict(dtype=dtype, queries=q, batch=b, size=list(size), variant=name, s_per_crop=t, ratio=t / base))
+                    print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def markdown(rows: List[Dict[str, object]]) -> str:
+    out = ["| variant | dtype | queries | batch | input | s/crop | × trunk |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['variant']} | {r['dtype']} | {r['queries']} | {r['batch']} | {r['size'][0]}x{r['size'][1]} "
+                   f"| {r['s_per_crop']:.3f} | {r['ratio']:.2f} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default="ViT-B-16")
+    ap.add_argument("--queries", type=int, nargs="+", default=[7, 150])
+    ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--size", type=int, nargs=2, default=[224, 224], help="crop H W (336 500 = a whole image)")
+    ap.add_argument("--variants", nargs="+", default=VARIANTS)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--markdown", action="store_true")
+    a = ap.parse_args()
+    rows = run(a.arch, a.queries, a.dtypes, a.batches, tuple(a.size), a.repeats, a.variants, a.device)
+    if a.out:
+        os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
+        with open(a.out, "w") as f:
+            json.dump({"machine": machine_info(), "args": vars(a), "rows": rows}, f, indent=1)
+    if a.markdown:
+        print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
