@@ -3,8 +3,8 @@
 This is the only module that touches open_clip internals. ``VISION_ATTRS``/``BLOCK_ATTRS``/``ATTN_ATTRS``
 list every attribute read; ``tests/test_models.py`` pins them on the installed open_clip.
 
-Weights never run pickled code: safetensors, ``torch.load(weights_only=True)`` or an OpenAI TorchScript
-archive (its state dict is read through TorchScript's own loader, which restores tensors only).
+Weights never run pickled code: safetensors, ``torch.load(weights_only=True)``, or an OpenAI TorchScript
+archive whose tensors are read by a restricted unpickler (its code is never loaded).
 """
 from __future__ import annotations
 
@@ -149,6 +149,72 @@ def _is_torchscript(path: str) -> bool:
         return any("/code/" in n or n.endswith("constants.pkl") for n in z.namelist())
 
 
+_STORAGE_DTYPES = {"FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
+                   "DoubleStorage": torch.float64, "LongStorage": torch.int64, "IntStorage": torch.int32,
+                   "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
+                   "BoolStorage": torch.bool}
+
+
+class _ScriptObject:
+    """Stand-in for a TorchScript class instance: keeps the pickled attribute dict, runs nothing."""
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+def _rebuild_tensor(flat, offset, size, stride, *_):
+    return torch.as_strided(flat, size, stride, offset).clone()
+
+
+def torchscript_state_dict(path: str, source: str) -> Dict[str, torch.Tensor]:
+    """Tensors of a TorchScript archive (e.g. OpenAI's CLIP ``.pt``) read with a restricted unpickler.
+
+    Only tensor rebuilding, storages and OrderedDict are resolved; TorchScript classes become inert
+    attribute holders and the archive's code is never loaded or run. Names follow ``state_dict()``.
+    """
+    import pickle
+
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+        pkl = next(n for n in names if n.endswith("data.pkl") and n.count("/") == 1)
+        prefix = pkl[: -len("data.pkl")]
+
+        class _Unpickler(pickle.Unpickler):
+            def find_class(self, module, name):
+                if module.startswith("__torch__"):
+                    return type(name, (_ScriptObject,), {})
+                if (module, name) in (("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor")):
+                    return _rebuild_tensor
+                if module == "collections" and name == "OrderedDict":
+                    import collections
+
+                    return collections.OrderedDict
+                if module == "torch" and name in _STORAGE_DTYPES:
+                    return name
+                raise WeightsError(f"weights {source}: refused — TorchScript archive references {module}.{name}")
+
+            def persistent_load(self, pid):
+                kind, storage, key, _location, numel = pid
+                if kind != "storage" or storage not in _STORAGE_DTYPES:
+                    raise WeightsError(f"weights {source}: refused — unknown storage {pid!r}")
+                data = bytearray(z.read(f"{prefix}data/{key}"))
+                return torch.frombuffer(data, dtype=_STORAGE_DTYPES[storage])[:numel] if data else torch.empty(0)
+
+        with z.open(pkl) as f:
+            root = _Unpickler(f).load()
+    out: Dict[str, torch.Tensor] = {}
+
+    def walk(obj, prefix_: str) -> None:
+        for k, v in getattr(obj, "state", {}).items():
+            if isinstance(v, torch.Tensor):
+                out[prefix_ + k] = v
+            elif isinstance(v, _ScriptObject):
+                walk(v, f"{prefix_}{k}.")
+
+    walk(root, "")
+    return out
+
+
 def load_state_dict(path: str, source: Optional[str] = None) -> Dict[str, torch.Tensor]:
     """Read a state dict without running pickled code. ``source`` names the file in errors."""
     source = source or path
@@ -160,7 +226,7 @@ def load_state_dict(path: str, source: Optional[str] = None) -> Dict[str, torch.
         except Exception as e:  # noqa: BLE001 - re-raised with the file named
             raise WeightsError(f"weights {source}: not a readable safetensors file ({e})") from e
     elif _is_torchscript(path):
-        sd = torch.jit.load(path, map_location="cpu").state_dict()
+        sd = torchscript_state_dict(path, source)
     else:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)

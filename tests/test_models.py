@@ -136,3 +136,17 @@ def test_model_config_needs_one_source():
         ModelConfig().validate()
     with pytest.raises(ConfigError, match="dtype"):
         ModelConfig(random_init=True, dtype="fp8").validate()
+
+
+def test_torchscript_code_is_never_run(tiny_arch, tmp_path, monkeypatch):
+    """A TorchScript-looking archive whose pickle calls os.system is refused without running it."""
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("RESLABEL_PWNED", str(marker))
+    bad = tmp_path / "evil_ts.pt"
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("evil_ts/data.pkl", pickle.dumps(_Payload(), protocol=2))
+        z.writestr("evil_ts/code/__torch__.py", "")
+        z.writestr("evil_ts/constants.pkl", pickle.dumps(()))
+    with pytest.raises(WeightsError, match="evil_ts.pt: refused .*posix.system|evil_ts.pt: refused .*os.system"):
+        build_model(ModelConfig(arch=tiny_arch, weights=str(bad)))
+    assert not marker.exists()
