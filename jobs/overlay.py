@@ -67,9 +67,10 @@ def sheet(args: argparse.Namespace):
         image, labels = dset[i]
         name = dset.rows[i]["source_uri"].rstrip("/").rsplit("/", 1)[-1]
         items.append((image, labels, name))
-    totals = class_pixel_totals(run).astype(np.float64)
+    totals = class_pixel_totals(run, fill=fill).astype(np.float64)
     share = totals / totals.sum() if totals.sum() else totals
-    return contact_sheet(items, run.categories, cols=args.cols, thumb=args.thumb, alpha=args.alpha, share=share)
+    return contact_sheet(items, run.categories, cols=args.cols, thumb=args.thumb, alpha=args.alpha, share=share,
+                         legend_title="class   pixel share (whole run)")
 
 
 def one_image(args: argparse.Namespace):

@@ -43,7 +43,7 @@ def blend(image: np.ndarray, labels: np.ndarray, colors: np.ndarray, alpha: floa
         labels: (H, W) int class indices; values outside ``[0, len(colors))`` are not painted.
         colors: (C, 3) uint8.
         alpha: mask opacity in [0, 1].
-        edges: draw class boundaries in white.
+        edges: lighten class boundaries (60 % white), so adjacent regions stay apart.
     Returns:
         (H, W, 3) uint8.
     """
@@ -57,7 +57,7 @@ def blend(image: np.ndarray, labels: np.ndarray, colors: np.ndarray, alpha: floa
         edge = np.zeros(labels.shape, dtype=bool)
         edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
         edge[1:, :] |= labels[1:, :] != labels[:-1, :]
-        out[edge] = 255.0
+        out[edge] = 0.4 * out[edge] + 0.6 * 255.0
     return out.round().astype(np.uint8)
 
 
@@ -137,7 +137,7 @@ def thumbnail(image: np.ndarray, size: int) -> Tuple[Image.Image, Tuple[int, int
 
 def contact_sheet(items: Sequence[Tuple[np.ndarray, np.ndarray, str]], class_names: Sequence[str],
                   cols: int = 4, thumb: int = 256, alpha: float = 0.5,
-                  share: Optional[np.ndarray] = None) -> Image.Image:
+                  share: Optional[np.ndarray] = None, legend_title: str = "class   pixel share") -> Image.Image:
     """A grid of overlays with captions and one legend.
 
     Args:
@@ -152,10 +152,10 @@ def contact_sheet(items: Sequence[Tuple[np.ndarray, np.ndarray, str]], class_nam
     for k, (image, labels, caption) in enumerate(items):
         cell, (w, h) = thumbnail(blend(image, labels, colors, alpha), thumb)
         x, y = (k % cols) * thumb, (k // cols) * (thumb + 20)
-        grid.paste(_caption(cell, caption, max_chars=thumb // 7), (x + (thumb - w) // 2, y + (thumb - h)))
+        grid.paste(_caption(cell, caption, max_chars=thumb // 7), (x + (thumb - w) // 2, y))
     if share is None:
         share = pixel_share([lab for _, lab, _ in items], len(class_names))
-    return side_by_side(grid, legend(class_names, colors, share))
+    return side_by_side(grid, legend(class_names, colors, share, title=legend_title))
 
 
 def class_names_for(labels: List[np.ndarray], names: Sequence[str]) -> List[str]:

@@ -225,14 +225,21 @@ def _keep(seg: Dict[str, Any], wanted: Optional[set], min_score: Optional[float]
     return (wanted is None or seg["category_id"] in wanted) and (min_score is None or seg["score"] >= min_score)
 
 
-def class_pixel_totals(run: Run, **filters: Any) -> np.ndarray:
-    """(C,) int64 labelled pixels per class over the run's ``ok`` rows, from the stored ``area`` (no decoding)."""
+def class_pixel_totals(run: Run, fill: int = UNLABELED, **filters: Any) -> np.ndarray:
+    """(C,) int64 pixels per class over the run's ``ok`` rows, from the stored ``area`` (no decoding).
+
+    With ``fill`` a class id (see ``Run.background_fill``), pixels no segment covers count for it.
+    """
     import pyarrow.compute as pc
 
     filters["status"] = "ok"
     totals = np.zeros(len(run.categories), dtype=np.int64)
-    segs = pc.list_flatten(run.table(columns=["segments"], **filters).column("segments"))
+    table = run.table(columns=["width", "height", "segments"], **filters)
+    segs = pc.list_flatten(table.column("segments"))
     ids = pc.struct_field(segs, "category_id").to_numpy(zero_copy_only=False)
     areas = pc.struct_field(segs, "area").to_numpy(zero_copy_only=False)
     np.add.at(totals, ids[ids < len(totals)], areas[ids < len(totals)])
+    if 0 <= fill < len(totals):
+        sizes = pc.multiply(table.column("width").cast("int64"), table.column("height").cast("int64"))
+        totals[fill] += int(pc.sum(sizes).as_py() or 0) - int(areas.sum())
     return totals

@@ -1,0 +1,170 @@
+"""Exports: COCO JSON round trip through pycocotools, PNG round trip, path safety, partial runs, S3."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from jobs.export import main as export_main
+from pipeline.export import join_under, read_label_png, safe_name, write_coco, write_label_pngs
+from pipeline.reader import open_run
+from tests.consumer_fixtures import CLASSES, label_row, synthetic_run, write_run
+
+
+def test_coco_json_round_trip(tmp_path):
+    run_dir, labels, _ = synthetic_run(tmp_path)
+    out = str(tmp_path / "export" / "coco.json")
+    assert export_main([run_dir, "--coco", out]) == 0
+    coco = COCO(out)
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == CLASSES
+    assert len(coco.getImgIds()) == len(labels)  # failed rows are not exported
+    n_anns = 0
+    for img in coco.loadImgs(coco.getImgIds()):
+        lab = labels[img["reslabel_image_id"]]
+        assert (img["height"], img["width"]) == lab.shape
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[img["id"]]))
+        assert sorted(a["category_id"] - 1 for a in anns) == sorted(np.unique(lab).tolist())
+        for a in anns:
+            m = coco.annToMask(a)
+            np.testing.assert_array_equal(m, lab == a["category_id"] - 1)
+            assert a["area"] == m.sum() and a["iscrowd"] == 0 and 0.2 <= a["score"] <= 1.0
+            rle = {"size": a["segmentation"]["size"], "counts": a["segmentation"]["counts"].encode()}
+            np.testing.assert_allclose(a["bbox"], mask_utils.toBbox(rle))
+        n_anns += len(anns)
+    assert n_anns == len({a["id"] for a in coco.dataset["annotations"]}) > 0  # unique annotation ids
+
+
+def test_coco_category_and_score_filters(tmp_path):
+    run_dir, labels, _ = synthetic_run(tmp_path)
+    out = str(tmp_path / "dogs.json")
+    assert export_main([run_dir, "--coco", out, "--categories", "dog", "--min-score", "0.0"]) == 0
+    coco = COCO(out)
+    assert {a["category_id"] for a in coco.dataset["annotations"]} == {3}  # dog = index 2 → COCO id 3
+    assert len(coco.getImgIds()) == sum((v == 2).any() for v in labels.values())
+
+
+def test_png_label_maps_round_trip(tmp_path):
+    run_dir, labels, _ = synthetic_run(tmp_path)
+    out = str(tmp_path / "pngs")
+    assert export_main([run_dir, "--png", out]) == 0
+    index = json.load(open(os.path.join(out, "label_maps.json")))
+    assert index["classes"] == CLASSES and index["ignore_index"] == 255
+    assert sorted(index["files"]) == sorted(labels)
+    for image_id, name in index["files"].items():
+        with Image.open(os.path.join(out, name)) as im:
+            assert im.mode == "P" and im.size == labels[image_id].shape[::-1]
+        np.testing.assert_array_equal(read_label_png(os.path.join(out, name)), labels[image_id])
+
+
+def test_partial_run_is_refused_with_a_message(tmp_path, capsys):
+    rows = [label_row("a", "a.png", np.zeros((4, 4), int), CLASSES)]
+    run_dir = write_run(str(tmp_path / "partial"), rows, CLASSES, committed=False)
+    out = tmp_path / "out.json"
+    assert export_main([run_dir, "--coco", str(out)]) == 2
+    assert "_SUCCESS.json" in capsys.readouterr().err and not out.exists()
+    assert export_main([run_dir, "--coco", str(out), "--allow-partial"]) == 0
+    assert len(COCO(str(out)).getImgIds()) == 1
+
+
+HOSTILE_IDS = ["../../escape", "/etc/passwd", "a/b/../../../c", "..", ".", "", "s3://bucket/x", "C:\\win\\x",
+               "nul\0byte", ".hidden", "ok-name_1.2", "ümlaut ünïcode", "a" * 500, "../" * 40]
+
+
+def test_safe_names_stay_inside_the_output_prefix(tmp_path):
+    names = [safe_name(i) for i in HOSTILE_IDS]
+    assert len(set(names)) == len(HOSTILE_IDS)  # distinct ids stay distinct
+    assert safe_name("ok-name_1.2") == "ok-name_1.2"
+    for n in names:
+        path = join_under(str(tmp_path), n)
+        assert os.path.dirname(path) == str(tmp_path) and not n.startswith(".") and len(n) < 140
+    for bad in ("..", "a/b", "", ".x"):
+        with pytest.raises(ValueError):
+            join_under(str(tmp_path), bad)
+
+
+def test_hostile_image_ids_export_inside_prefix(tmp_path):
+    rows = [label_row(i, f"src{k}.png", np.full((3, 4), k % 4), CLASSES) for k, i in enumerate(HOSTILE_IDS)]
+    run_dir = write_run(str(tmp_path / "deep" / "run"), rows, CLASSES)
+    out = tmp_path / "deep" / "out"
+    files = write_label_pngs(open_run(run_dir), str(out))
+    assert len(files) == len(HOSTILE_IDS)
+    written = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
+    outside = {w for w in written if not w.startswith(("deep/out/", "deep/run/"))}
+    assert outside == set(), outside
+    assert len(list(out.iterdir())) == len(HOSTILE_IDS) + 1  # + label_maps.json, all flat
+    index = json.load(open(out / "label_maps.json"))
+    for k, image_id in enumerate(HOSTILE_IDS):
+        assert read_label_png(str(out / index["files"][image_id])).tolist() == np.full((3, 4), k % 4).tolist()
+
+
+def test_source_stem_names_and_collisions(tmp_path):
+    rows = [label_row("a", "/data/x/img1.jpg", np.zeros((2, 2), int), CLASSES),
+            label_row("b", "/data/y/img1.jpg", np.ones((2, 2), int), CLASSES)]
+    run = open_run(write_run(str(tmp_path / "run"), rows, CLASSES))
+    with pytest.raises(ValueError, match="both map to img1.png"):
+        write_label_pngs(run, str(tmp_path / "o1"), name_by="source_stem")
+    files = write_label_pngs(run, str(tmp_path / "o2"))
+    assert sorted(os.path.basename(v) for v in files.values()) == ["a.png", "b.png"]
+
+
+@pytest.fixture()
+def s3_env(monkeypatch, tmp_path):
+    """A real S3 API (moto_server) on localhost, reachable through fsspec/s3fs via the environment."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = os.path.join(os.path.dirname(sys.executable), "moto_server")
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    for k, v in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    try:
+        import boto3
+
+        deadline = time.time() + 20
+        while True:
+            try:
+                boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="labels")
+                break
+            except Exception:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.3)
+        import fsspec
+
+        fsspec.filesystem("s3").clear_instance_cache()
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_s3_run_exports_to_s3(tmp_path, s3_env):
+    import fsspec
+
+    run_dir, labels, _ = synthetic_run(tmp_path)
+    fs = fsspec.filesystem("s3")
+    fs.put(run_dir + "/", "labels/out/runs/test-run/", recursive=True)
+    run = open_run("s3://labels/out/runs/test-run")
+    assert run.committed and len(run.files) == 2
+    write_coco(run, "s3://labels/exports/coco.json")
+    write_label_pngs(run, "s3://labels/exports/png")
+    local = tmp_path / "coco.json"
+    fs.get("labels/exports/coco.json", str(local))
+    coco = COCO(str(local))
+    for a in coco.dataset["annotations"]:
+        img = coco.imgs[a["image_id"]]
+        np.testing.assert_array_equal(coco.annToMask(a), labels[img["reslabel_image_id"]] == a["category_id"] - 1)
+    for image_id, lab in labels.items():
+        np.testing.assert_array_equal(read_label_png(f"s3://labels/exports/png/{image_id}.png"), lab)
