@@ -30,23 +30,36 @@ def pamr_affinity(image: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor
     return torch.softmax(aff.mean(dim=1), dim=1)  # (B, 8·nd, H, W)
 
 
-def pamr(image: torch.Tensor, mask: torch.Tensor, steps: int, dilations: Sequence[int] = (8, 16)) -> torch.Tensor:
+def _iterate(mask: torch.Tensor, weights: torch.Tensor, steps: int, dilations: Sequence[int]) -> torch.Tensor:
+    """``steps`` PAMR iterations of mask (b, q, H, W) with neighbour weights (b, P, H, W)."""
+    for _ in range(steps):
+        out = torch.zeros_like(mask)
+        p = 0
+        for d in dilations:
+            for shifted in _shifts(mask, d, _OFFSETS):
+                out.addcmul_(shifted, weights[:, p:p + 1])
+                p += 1
+        mask = out
+    return mask
+
+
+def pamr(image: torch.Tensor, mask: torch.Tensor, steps: int, dilations: Sequence[int] = (8, 16),
+         channels_per_chunk: int = 8) -> torch.Tensor:
     """Refine ``mask`` (B, Q, h, w) guided by ``image`` (B, 3, H, W); returns (B, Q, H, W) float32.
 
     The mask is first resized to the image (bilinear, align_corners=True), then ``steps`` times replaced
     by the affinity-weighted average of its 8·len(dilations) dilated neighbours (replicate padding).
+    Channels are independent, so they are refined a few at a time: the working set of all iterations
+    then stays in cache instead of streaming (Q, H, W) through memory 16·steps times.
     """
     image = image.float()
     mask = mask.float()
     if mask.shape[-2:] != image.shape[-2:]:
         mask = F.interpolate(mask, size=image.shape[-2:], mode="bilinear", align_corners=True)
     weights = pamr_affinity(image, dilations)  # (B, P, H, W)
-    offsets_all = [(d, o) for d in dilations for o in _OFFSETS]
-    for _ in range(steps):
-        out = torch.zeros_like(mask)
-        for d in dilations:
-            for k, shifted in enumerate(_shifts(mask, d, _OFFSETS)):
-                p = offsets_all.index((d, _OFFSETS[k]))
-                out.addcmul_(shifted, weights[:, p:p + 1])
-        mask = out
-    return mask
+    out = torch.empty_like(mask)
+    for b in range(mask.shape[0]):
+        for c0 in range(0, mask.shape[1], channels_per_chunk):
+            sl = slice(c0, c0 + channels_per_chunk)
+            out[b:b + 1, sl] = _iterate(mask[b:b + 1, sl], weights[b:b + 1], steps, dilations)
+    return out
