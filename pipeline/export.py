@@ -19,7 +19,7 @@ import hashlib
 import io
 import json
 import re
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List
 
 import fsspec
 import numpy as np
@@ -119,7 +119,8 @@ def png_name(row: Dict[str, Any], name_by: str = "image_id") -> str:
     if name_by == "image_id":
         key = row["image_id"]
     elif name_by == "source_stem":
-        key = row["source_uri"].rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        base = row["source_uri"].rstrip("/").rsplit("/", 1)[-1]
+        key = base.split("#", 1)[1] if "#" in base else base.rsplit(".", 1)[0]  # container: the member key
     else:
         raise ValueError(f"name_by={name_by!r}; valid: image_id, source_stem")
     return safe_name(key) + ".png"
