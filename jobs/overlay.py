@@ -11,6 +11,7 @@ mode runs the segmenter in-process (no Ray). Both write a PNG.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 from typing import List, Optional
@@ -21,6 +22,8 @@ from jobs.evaluate import parse_overrides
 from pipeline.label_dataset import LabeledImageDataset, load_rgb
 from pipeline.overlay import contact_sheet, overlay_image
 from pipeline.reader import UNLABELED, RunNotCommitted, class_pixel_totals, open_run
+
+DEFAULT_TEXT_CACHE = "~/.cache/reslabel/text_embeddings"  # a vocabulary is encoded once, then read back
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -47,6 +50,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     w.add_argument("--weights")
     w.add_argument("--pretrained")
     w.add_argument("--random-init", action="store_true")
+    m.add_argument("--text-cache", default=DEFAULT_TEXT_CACHE,
+                   help="directory/URI caching text embeddings per vocabulary ('none' disables)")
     m.add_argument("--arch", default="ViT-B-16")
     m.add_argument("--dtype", default="fp32")
     args = p.parse_args(argv)
@@ -85,7 +90,8 @@ def one_image(args: argparse.Namespace):
     cfg = get_preset(args.preset, **overrides)
     mc = ModelConfig(arch=args.arch, weights=args.weights, pretrained=args.pretrained,
                      random_init=args.random_init, dtype=args.dtype)
-    seg = Segmenter.build(cfg, mc)
+    cache = None if args.text_cache in (None, "", "none") else os.path.expanduser(args.text_cache)
+    seg = Segmenter.build(cfg, mc, text_cache=cache)
     image = load_rgb(args.image)
     result = seg.segment([image], names=[args.image])[0]
     title = f"{args.image.rsplit('/', 1)[-1]}  ({cfg.preset}, {cfg.method}/{cfg.base})"

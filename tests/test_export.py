@@ -146,6 +146,9 @@ def s3_env(monkeypatch, tmp_path):
         fsspec.filesystem("s3").clear_instance_cache()
         yield endpoint
     finally:
+        import fsspec
+
+        fsspec.filesystem("s3").clear_instance_cache()  # no cached client may outlive this server
         proc.terminate()
         proc.wait(10)
 

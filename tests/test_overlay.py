@@ -85,9 +85,15 @@ def test_one_image_cli(tmp_path, tiny_arch, tiny_weights, tiny_vocab_file, tiny_
     cat = data.chelsea()[::2, ::2]  # 150 x 226
     src = save_png(str(tmp_path / "cat.png"), cat)
     out = str(tmp_path / "cat-overlay.png")
-    rc = overlay_main(["--image", src, "--preset", "voc21", "--arch", tiny_arch, "--weights", tiny_weights,
-                       "--vocabulary", tiny_vocab_file, "--templates", tiny_templates_file,
-                       "--set", "resize_short=112", "--out", out])
-    assert rc == 0
+    cache = tmp_path / "text-cache"
+    args = ["--image", src, "--preset", "voc21", "--arch", tiny_arch, "--weights", tiny_weights,
+            "--vocabulary", tiny_vocab_file, "--templates", tiny_templates_file, "--set", "resize_short=112",
+            "--text-cache", str(cache), "--out", out]
+    assert overlay_main(args) == 0
     with Image.open(out) as im:
         assert im.size[0] == cat.shape[1] + 300 and im.size[1] >= cat.shape[0] + 20
+        first = np.asarray(im)
+    assert len(list(cache.glob("*.safetensors"))) == 1  # the next try of this vocabulary skips the text tower
+    assert overlay_main(args) == 0
+    with Image.open(out) as im:
+        np.testing.assert_array_equal(np.asarray(im), first)
