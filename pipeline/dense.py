@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from pipeline.models import Block, VisionParts
 from pipeline.pamr import pamr
+from pipeline.resize import resize_bilinear
 from pipeline.sfr import patch_labels, sfr_matrix
 from pipeline.variants import Variant, attention_probs, gaussian_prior
 
@@ -131,7 +132,7 @@ def cosine_logits(vp: VisionParts, x: torch.Tensor, text: torch.Tensor, grid: Tu
     logits = feats @ text.to(feats.dtype).T  # (B, N, Q)
     b, n, q = logits.shape
     logits = logits.transpose(1, 2).reshape(b, q, grid[0], grid[1])  # (B, Q, hp, wp)
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    return resize_bilinear(logits, size)  # == F.interpolate(bilinear, align_corners=False) to ~5e-7
 
 
 def sfr_from_preliminary(vp: VisionParts, x11: torch.Tensor, crops: torch.Tensor, text: torch.Tensor,

@@ -91,3 +91,13 @@ def test_resize_and_normalise():
 def test_bad_images_are_named(bad, match):
     with pytest.raises(ImageError, match=f"photo.jpg: .*{match}|photo.jpg: {match}"):
         resize_for_config(bad, SegmenterConfig(), name="photo.jpg")
+
+
+@pytest.mark.parametrize("src,dst", [((14, 14), (224, 224)), ((21, 31), (336, 500)), ((20, 30), (10, 7)), ((5, 5), (5, 5))])
+def test_matrix_bilinear_equals_interpolate(src, dst):
+    from pipeline.resize import resize_bilinear
+
+    x = torch.randn(2, 7, *src)
+    ref = F.interpolate(x, size=dst, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(resize_bilinear(x, dst), ref, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(resize_bilinear(x, dst, rows=slice(1, 3)), ref[..., 1:3, :], atol=1e-6, rtol=1e-6)

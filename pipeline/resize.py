@@ -1,0 +1,37 @@
+"""Bilinear resizing (align_corners=False, PyTorch/mmseg semantics) as two small matrix products.
+
+Upsampling a (Q, 14, 14) logit grid to 224×224 with ``F.interpolate`` costs one gather per output value;
+as Ry · G · Rxᵀ with (out, in) interpolation matrices it is two BLAS calls, and a band of output rows is
+just a slice of Ry. Weights follow PyTorch's source-index rule in float32, so results agree with
+``F.interpolate`` to float rounding (≈1e-7).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional, Tuple
+
+import torch
+
+
+@functools.lru_cache(maxsize=64)
+def bilinear_matrix(in_size: int, out_size: int) -> torch.Tensor:
+    """(out_size, in_size) float32 interpolation weights, align_corners=False; rows sum to 1.
+
+    Read off PyTorch's own kernel (resizing the identity basis along one axis), so the weights are
+    exactly the ones ``F.interpolate`` uses.
+    """
+    basis = torch.eye(in_size).view(1, in_size, in_size, 1)  # channel i = e_i along the height
+    out = torch.nn.functional.interpolate(basis, size=(out_size, 1), mode="bilinear", align_corners=False)
+    return out[0, :, :, 0].T.contiguous()  # (out, in)
+
+
+def resize_bilinear(x: torch.Tensor, size: Tuple[int, int], rows: Optional[slice] = None) -> torch.Tensor:
+    """x (..., h, w) → (..., H, W) bilinear (align_corners=False); only output ``rows`` if given."""
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(size) and rows is None:
+        return x
+    ry = bilinear_matrix(h, size[0]).to(x.device, x.dtype)  # (H, h)
+    rx = bilinear_matrix(w, size[1]).to(x.device, x.dtype)  # (W, w)
+    if rows is not None:
+        ry = ry[rows]
+    return ry @ x @ rx.T  # (..., H, h) @ (..., h, w) @ (w, W) → (..., H, W)
