@@ -1,0 +1,160 @@
+"""Benchmark: labeling-job throughput vs the in-process segmenter on the same images, and peak memory.
+
+    .venv/bin/python bench/job_throughput.py --sizes 16 64 --arch tiny        # seconds
+    .venv/bin/python bench/job_throughput.py --sizes 32 128 --arch ViT-B-16   # minutes on 2 CPUs
+
+For each dataset size N: the job runs as ``python -m jobs.label`` in a subprocess with its own local Ray
+(wall time, label-phase images/s from ``_SUCCESS.json``, and the peak summed RSS of the driver and every
+Ray process it started, sampled from /proc every 0.2 s; shared object-store pages are counted once per
+process, so this over-estimates). The in-process baseline decodes and segments the same N images in
+this process with the same torch thread count as one actor. Weights are random (no download): speed
+and memory do not depend on the values. Prints one JSON object; ``--out FILE`` also writes it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Dict, List
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def make_images(d: pathlib.Path, n: int, size=(320, 240)) -> None:
+    """``n`` JPEGs cycled from scikit-image's sample photos (real content), ``size`` = (w, h)."""
+    import skimage.data
+    from PIL import Image
+
+    photos = [getattr(skimage.data, k)() for k in ("astronaut", "coffee", "chelsea", "rocket")]
+    d.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.fromarray(photos[i % len(photos)]).resize(size).save(d / f"img{i:05d}.jpg", quality=90)
+
+
+def make_weights(arch: str, path: pathlib.Path) -> str:
+    """Random OpenAI-format weights for ``arch``; returns the arch argument for ``--model``."""
+    import open_clip
+    import torch
+
+    from pipeline.models import resolve_arch
+
+    arch_arg = str(ROOT / "tests" / "data" / "tiny-vit.json") if arch == "tiny" else arch
+    torch.manual_seed(0)
+    model = open_clip.create_model(resolve_arch(arch_arg), pretrained=None, force_quick_gelu=True)
+    torch.save(model.state_dict(), path)
+    return arch_arg
+
+
+def _tree_rss(root: int) -> int:
+    """Summed VmRSS (bytes) of ``root`` and all its descendants, from /proc."""
+    parents: Dict[int, int] = {}
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    parents[int(p)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    tree, frontier = {root}, [root]
+    while frontier:
+        kids = [c for c, pp in parents.items() if pp in frontier and c not in tree]
+        tree.update(kids)
+        frontier = kids
+    total = 0
+    for pid in tree:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                total += next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            pass
+    return total
+
+
+def run_job(args: List[str]) -> Dict:
+    """Run the CLI in a subprocess; returns wall seconds and peak tree RSS."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.label", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak = [0]
+
+    def sample():
+        while proc.poll() is None:
+            peak[0] = max(peak[0], _tree_rss(proc.pid))
+            time.sleep(0.2)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    out, _ = proc.communicate()
+    th.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"job failed ({proc.returncode}):\n{out[-3000:]}")
+    return dict(wall_seconds=round(time.perf_counter() - t0, 2), peak_rss_gib=round(peak[0] / 2**30, 3))
+
+
+def in_process(images: pathlib.Path, job_args: List[str], threads: int) -> Dict:
+    """Decode + segment every image in this process (one Segmenter, ``threads`` torch threads)."""
+    import torch
+
+    from jobs.label import config_from_args
+    from pipeline.decode import decode_image
+    from pipeline.segmenter import Segmenter
+    from pipeline.segments import segments_from_labels
+
+    cfg = config_from_args(["--input", str(images), "--output", "unused", *job_args])
+    torch.set_num_threads(threads)
+    seg = Segmenter.build(cfg.segmenter_config(), cfg.model_config())
+    files = sorted(images.iterdir())
+    t0 = time.perf_counter()
+    for i in range(0, len(files), cfg.batch_size):
+        batch = [decode_image(p.read_bytes()).image for p in files[i:i + cfg.batch_size]]
+        for res in seg.segment(batch):
+            segments_from_labels(res.labels, seg.class_names, res.class_scores)
+    dt = time.perf_counter() - t0
+    return dict(seconds=round(dt, 2), images_per_second=round(len(files) / dt, 3))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", type=int, nargs=2, default=[16, 64], help="two dataset sizes (images)")
+    ap.add_argument("--arch", default="tiny", help="tiny (tests/data/tiny-vit.json) or an open_clip name")
+    ap.add_argument("--preset", default="voc21")
+    ap.add_argument("--dtype", default="fp32")
+    ap.add_argument("--cpus-per-actor", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    work = pathlib.Path(tempfile.mkdtemp(prefix="reslabel-bench-"))
+    arch = make_weights(a.arch, work / "weights.pt")
+    common = ["--preset", a.preset, "--model", arch, "--weights", str(work / "weights.pt"), "--dtype", a.dtype,
+              "--cpus-per-actor", str(a.cpus_per_actor), "--batch-size", str(a.batch_size), "--shard-size", "64"]
+    report = dict(arch=a.arch, preset=a.preset, dtype=a.dtype, cpus_per_actor=a.cpus_per_actor, cpu_count=os.cpu_count(),
+                  runs=[])
+    for n in a.sizes:
+        images = work / f"images-{n}"
+        make_images(images, n)
+        job = run_job(["--input", str(images), "--output", str(work / f"out-{n}"), "--run-id", "bench", *common])
+        success = json.loads((work / f"out-{n}" / "runs" / "bench" / "_SUCCESS.json").read_text())
+        ref = in_process(images, common, a.cpus_per_actor)
+        job_ips = success["attempt"]["images_per_second"]
+        report["runs"].append(dict(images=n, job=dict(job, label_images_per_second=job_ips,
+                                                      stage_seconds_summed=success["stage_seconds_summed"]),
+                                   in_process=ref, ratio_job_over_in_process=round(job_ips / ref["images_per_second"], 3)))
+        print(json.dumps(report["runs"][-1]), file=sys.stderr)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if a.out:
+        pathlib.Path(a.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
