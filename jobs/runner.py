@@ -16,6 +16,7 @@ import uuid
 from typing import Dict, List, Optional
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from jobs import commit, storage
 from jobs.config import RETRY_POLICIES, LabelJobConfig
@@ -139,7 +140,7 @@ class ShardWriter:
     def add(self, batch: pa.Table) -> None:
         shards = batch.column("_shard").to_pylist()
         for shard in sorted(set(shards)):
-            part = batch.filter(pa.compute.equal(batch.column("_shard"), shard))
+            part = batch.filter(pc.equal(batch.column("_shard"), shard))
             self.buffers[shard].append(part)
             self.counts[shard] += part.num_rows
             if self.counts[shard] == self.expected[shard]:
@@ -147,7 +148,7 @@ class ShardWriter:
 
     def _flush(self, shard: int) -> None:
         tables = self.buffers.pop(shard)
-        stages = {c[3:]: float(sum(pa.compute.sum(t.column(c)).as_py() or 0.0 for t in tables)) for c in TIMING_COLUMNS}
+        stages = {c[3:]: float(sum(pc.sum(t.column(c)).as_py() or 0.0 for t in tables)) for c in TIMING_COLUMNS}
         meta = {**self.metadata, "reslabel.shard": str(shard),
                 "reslabel.part_stats": json.dumps({"stage_seconds": stages})}
         table = commit.part_table(tables, meta)
@@ -230,7 +231,7 @@ def _label_and_commit(cfg, output: str, run_id: str, prep: Dict, seg_cfg, mc, t0
     run = commit.run_uri(output, run_id)
     plan, meta = commit.read_plan(run)
     done = commit.committed_shards(run)
-    todo = plan.filter(pa.compute.invert(pa.compute.is_in(plan.column("_shard"), value_set=pa.array(sorted(done), pa.int32()))))
+    todo = plan.filter(pc.invert(pc.is_in(plan.column("_shard"), value_set=pa.array(sorted(done), pa.int32()))))
     metadata = {"reslabel.run_id": run_id, "reslabel.categories": json.dumps(meta["categories"]),
                 "reslabel.config": json.dumps(meta["config"], default=str),
                 "reslabel.provenance": json.dumps(meta["provenance"]),
