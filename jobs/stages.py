@@ -49,7 +49,7 @@ def read_decode(batch: pa.Table, *, seg_config, bytes_column: str, max_pixels: i
 
 def _decode_one(r: Dict, fetched, seg_config, max_pixels: int) -> Dict:
     from pipeline.decode import decode_image
-    from pipeline.preprocess import ImageError, resize_for_config
+    from pipeline.preprocess import ImageError, rescale_size, resize_for_config
 
     if r["pre_status"]:
         return dict(status=r["pre_status"], error=r["pre_error"])
@@ -60,11 +60,14 @@ def _decode_one(r: Dict, fetched, seg_config, max_pixels: int) -> Dict:
     base = dict(status=d.status, error=d.error, width=d.width, height=d.height)
     if d.status != Status.OK.value:
         return base
+    rh, rw = rescale_size(d.height, d.width, seg_config.resize_short, seg_config.resize_long)
+    if max(rh, rw) > seg_config.max_side_after_resize:
+        return dict(base, status=Status.TOO_LARGE.value,
+                    error=f"resizes to {rh}x{rw}, above max_side_after_resize={seg_config.max_side_after_resize}")
     try:
         img = resize_for_config(d.image, seg_config, r["source_uri"])
-    except ImageError as e:
-        status = Status.TOO_LARGE if "exceeds" in str(e) else Status.TOO_SMALL
-        return dict(base, status=status.value, error=str(e))
+    except ImageError as e:  # e.g. an extreme aspect ratio resizes to an empty side
+        return dict(base, status=Status.TOO_SMALL.value, error=str(e))
     return dict(base, pixels=img.tobytes(), rh=img.shape[0], rw=img.shape[1])
 
 
