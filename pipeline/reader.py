@@ -12,6 +12,7 @@ without ``_SUCCESS.json`` is partial (a job still writing, or one that died) and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -48,7 +49,7 @@ class Run:
     def committed(self) -> bool:
         return self.manifest is not None
 
-    @property
+    @functools.cached_property
     def categories(self) -> List[str]:
         """Class names in category-id order, from ``_SUCCESS.json`` or the Parquet metadata.
 
@@ -64,7 +65,7 @@ class Run:
                 seen.setdefault(s["category_id"], s["category_name"])
         return [seen.get(i, f"class_{i}") for i in range(max(seen, default=-1) + 1)]
 
-    @property
+    @functools.cached_property
     def excluded_category_ids(self) -> List[int]:
         """Class ids the job left out of the segments (e.g. background): their pixels read back as 255.
 
