@@ -120,6 +120,7 @@ def sample_files() -> Dict[str, tuple]:
         "empty.png": (b"", "empty"),
         "notimage.jpg": (b"this is a text file, not a JPEG\n", "decode_error"),
         "huge.png": (_save(Image.new("L", (1500, 1200)), "PNG"), "too_large"),
+        "sliver.png": (_save(Image.new("RGB", (1000, 2)), "PNG"), "too_small"),  # resizes to 4x2048 < one patch
     }
 
 

@@ -52,3 +52,17 @@ def test_segments_fit_schema():
                    method="m", base="b", preset="p", model="m", weights_digest="d", vocabulary_hash="v",
                    config_hash="c", code_version="0", run_id="r", labeled_at=datetime.datetime.now(datetime.timezone.utc))
     assert rows_to_table([row]).num_rows == 1
+
+
+def test_background_ids_policy():
+    from pipeline.segments import background_ids
+
+    assert background_ids("voc21", ["sky", "aeroplane"]) == [0]
+    assert background_ids("/x/custom.txt", ["sky", "cat"]) == []
+    assert background_ids("/x/custom.txt", ["cat", "Background"]) == [1]
+    assert background_ids("voc21", ["sky", "aeroplane"], "none") == []
+    assert background_ids("/x/c.txt", ["sky", "cat"], "cat") == [1]
+    import pytest
+
+    with pytest.raises(ValueError, match="not in the vocabulary"):
+        background_ids("/x/c.txt", ["sky", "cat"], "dog")
