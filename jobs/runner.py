@@ -25,6 +25,7 @@ from jobs.stages import TIMING_COLUMNS, SegmentStage, read_decode
 
 log = logging.getLogger("reslabel.job")
 DECODE_MEMORY = 512 * 2**20  # bytes reserved per read+decode task
+MAX_INPUT_BLOCKS = 4096  # the plan is split into at most this many input blocks
 
 
 class JobError(RuntimeError):
@@ -170,7 +171,8 @@ def _label(cfg, run: str, todo: pa.Table, prep: Dict, text_ref, seg_cfg, mc, met
     expected = collections.Counter(todo.column("_shard").to_pylist())
     writer = ShardWriter(run, expected, metadata)
     k = cfg.read_batch_size
-    ds = ray.data.from_arrow([todo.slice(i, k) for i in range(0, todo.num_rows, k)])
+    per_block = max(k, -(-todo.num_rows // MAX_INPUT_BLOCKS))  # enough parallelism, bounded driver puts
+    ds = ray.data.from_arrow([todo.slice(i, per_block) for i in range(0, todo.num_rows, per_block)])
     # memory: room for one max-pixels decode; also keeps decode in CPU tasks, out of the actor (no fusion)
     ds = ds.map_batches(read_decode, batch_format="pyarrow", batch_size=k, num_cpus=1, memory=DECODE_MEMORY,
                         udf_modifying_row_count=False,
