@@ -20,6 +20,7 @@ from pipeline.config import DTYPES, ConfigError
 
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.presets import list_presets
+    from pipeline.variants import BASES, METHODS
 
     p = argparse.ArgumentParser(prog="python -m jobs.label", description=__doc__.split("\n")[0])
     a = p.add_argument
@@ -29,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--input-format", default="auto", choices=INPUT_FORMATS)
     a("--vocabulary", help="class file/URI overriding the preset's (one class per line, ', ' synonyms)")
     a("--templates", help="prompt templates file/URI (default: the 80 ImageNet templates)")
-    a("--method", default="resclip")
-    a("--base", default="naclip")
+    a("--method", default="resclip", choices=list(METHODS), help="resclip = RCS + SFR on the base")
+    a("--base", default="naclip", choices=list(BASES), help="training-free CLIP segmentation base")
     a("--model", default="ViT-B-16", help="open_clip architecture name or a JSON config path")
     w = p.add_mutually_exclusive_group()
     w.add_argument("--pretrained", help="open_clip pretrained tag (default: openai)")
