@@ -20,7 +20,7 @@ from typing import Callable, Dict, List
 import torch
 
 from pipeline import ModelConfig
-from pipeline.dense import DenseParams, crop_logits
+from pipeline.dense import DenseParams, crop_logits, embed
 from pipeline.models import TORCH_DTYPES, build_model, vision_parts
 from pipeline.variants import get_variant
 
@@ -56,9 +56,12 @@ def run(arch: str, queries: List[int], dtypes: List[str], batches: List[int], si
                 x = torch.randn(b, 3, *size, device=dev, dtype=TORCH_DTYPES[dtype])
                 sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
-                def trunk():
+                def trunk():  # the bare ViT: embed (interpolated positions) + all blocks + ln_post/proj
                     with torch.no_grad():
-                        model.visual(x)
+                        tokens, _ = embed(vp, x)
+                        for blk in vp.blocks:
+                            tokens = blk.module(tokens)
+                        vp.ln_post(tokens) @ vp.proj
                     sync()
                 base = _median_time(trunk, repeats) / b
                 rows.append(dict(dtype=dtype, queries=q, batch=b, size=list(size), variant="trunk", s_per_crop=base, ratio=1.0))

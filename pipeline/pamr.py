@@ -5,10 +5,8 @@ shifted slices instead of per-channel convolutions, so it is batched and cheap i
 """
 from __future__ import annotations
 
-import os
 from typing import List, Sequence, Tuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -45,36 +43,6 @@ def _iterate(mask: torch.Tensor, weights: torch.Tensor, steps: int, dilations: S
     return mask
 
 
-def _iterate_fused(mask: torch.Tensor, weights: torch.Tensor, steps: int, dilations: Sequence[int]) -> torch.Tensor:
-    """The same iterations with the numba kernel; mask (1, q, H, W), weights (1, P, H, W) on CPU."""
-    import numba
-
-    from pipeline._pamr_kernel import pamr_iteration
-
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    m = max(dilations)
-    dy = np.array([oy * d for d in dilations for oy, _ in _OFFSETS], dtype=np.int64)
-    dx = np.array([ox * d for d in dilations for _, ox in _OFFSETS], dtype=np.int64)
-    w = np.ascontiguousarray(weights[0].numpy())
-    cur = mask[0]
-    out = np.empty(tuple(cur.shape), dtype=np.float32)
-    for _ in range(steps):
-        padded = F.pad(cur[None], [m] * 4, mode="replicate")[0].numpy()  # (q, H+2m, W+2m)
-        pamr_iteration(padded, w, dy, dx, m, out)
-        cur = torch.from_numpy(out.copy())
-    return cur[None]
-
-
-def _fused_available(t: torch.Tensor) -> bool:
-    if t.device.type != "cpu" or os.environ.get("RESLABEL_PAMR_KERNEL", "numba") != "numba":
-        return False
-    try:
-        import pipeline._pamr_kernel  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def pamr(image: torch.Tensor, mask: torch.Tensor, steps: int, dilations: Sequence[int] = (8, 16),
          channels_per_chunk: int = 8) -> torch.Tensor:
     """Refine ``mask`` (B, Q, h, w) guided by ``image`` (B, 3, H, W); returns (B, Q, H, W) float32.
@@ -90,10 +58,6 @@ def pamr(image: torch.Tensor, mask: torch.Tensor, steps: int, dilations: Sequenc
         mask = F.interpolate(mask, size=image.shape[-2:], mode="bilinear", align_corners=True)
     weights = pamr_affinity(image, dilations)  # (B, P, H, W)
     out = torch.empty_like(mask)
-    if _fused_available(mask):
-        for b in range(mask.shape[0]):
-            out[b:b + 1] = _iterate_fused(mask[b:b + 1].contiguous(), weights[b:b + 1], steps, dilations)
-        return out
     for b in range(mask.shape[0]):
         for c0 in range(0, mask.shape[1], channels_per_chunk):
             sl = slice(c0, c0 + channels_per_chunk)

@@ -136,12 +136,3 @@ def test_sfr_uniform_labels_and_decay():
     without = sfr_matrix(split, 5.0, False)
     assert not torch.allclose(with_del, without)
 
-
-def test_fused_kernel_equals_torch_path(monkeypatch):
-    pytest.importorskip("numba")
-    torch.manual_seed(3)
-    img, m = torch.randn(2, 3, 48, 64), torch.randn(2, 11, 48, 64)
-    fused = pamr(img, m, 4, (2, 5))
-    monkeypatch.setenv("RESLABEL_PAMR_KERNEL", "torch")
-    torch.testing.assert_close(fused, pamr(img, m, 4, (2, 5)), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(fused, _reference_pamr(img, m, 4, (2, 5)), atol=1e-5, rtol=1e-5)
