@@ -35,6 +35,7 @@ class LabelJobConfig:
     model: str = "ViT-B-16"  # open_clip name or a JSON config path
     pretrained: Optional[str] = None
     weights: Optional[str] = None
+    random_weights: bool = False  # offline smoke mode: random CLIP weights, labels are meaningless
     dtype: str = "fp32"
     device: str = "auto"
     run_id: Optional[str] = None  # None: resume this config's unfinished run, else a new timestamped id
@@ -59,8 +60,8 @@ class LabelJobConfig:
             raise ConfigError(f"--input-format {self.input_format!r}; valid: {', '.join(INPUT_FORMATS)}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"--dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
-        if self.pretrained is not None and self.weights is not None:
-            raise ConfigError("give either --pretrained TAG or --weights URI, not both")
+        if sum([self.pretrained is not None, self.weights is not None, self.random_weights]) > 1:
+            raise ConfigError("give only one of --pretrained TAG, --weights URI, --random-weights")
         if self.retry not in RETRY_POLICIES:
             raise ConfigError(f"--retry {self.retry!r}; valid: {', '.join(RETRY_POLICIES)}")
         for name in ("num_actors", "batch_size", "shard_size", "read_batch_size", "max_pixels"):
@@ -86,10 +87,10 @@ class LabelJobConfig:
 
     def model_config(self) -> ModelConfig:
         pretrained = self.pretrained
-        if pretrained is None and self.weights is None:
+        if pretrained is None and self.weights is None and not self.random_weights:
             pretrained = "openai"
-        return ModelConfig(arch=self.model, pretrained=pretrained, weights=self.weights, dtype=self.dtype,
-                           device=self.device).validate()
+        return ModelConfig(arch=self.model, pretrained=pretrained, weights=self.weights,
+                           random_init=self.random_weights, dtype=self.dtype, device=self.device).validate()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -18,6 +18,10 @@ from jobs.inputs import INPUT_FORMATS, InputError
 from pipeline.config import DTYPES, ConfigError
 
 
+SMOKE_WARNING = ("!" * 78 + "\n!! SMOKE MODE (--random-weights): random CLIP weights. The job, the files and the\n"
+                 "!! schema are real, but the LABELS ARE MEANINGLESS. Rows carry weights_digest random:...\n" + "!" * 78)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pipeline.presets import list_presets
     from pipeline.variants import BASES, METHODS
@@ -36,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     w = p.add_mutually_exclusive_group()
     w.add_argument("--pretrained", help="open_clip pretrained tag (default: openai)")
     w.add_argument("--weights", help="weights file/URI (OpenAI state dict, TorchScript, open_clip .pt/.safetensors)")
+    w.add_argument("--random-weights", action="store_true",
+                   help="offline smoke mode: random CLIP weights; the pipeline runs but the LABELS ARE MEANINGLESS")
     a("--dtype", default="fp32", choices=DTYPES)
     a("--device", default="auto", choices=("auto", "cpu", "cuda"))
     a("--run-id", help="resume this run, or start it under this id (default: resume this config's unfinished run, else new)")
@@ -68,11 +74,15 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         cfg = config_from_args(argv)
+        if cfg.random_weights:
+            print(SMOKE_WARNING, file=sys.stderr, flush=True)
         summary = run_job(cfg)
     except (ConfigError, InputError, JobError, KeyError, PermissionError, FileNotFoundError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2
     print(format_summary(summary))
+    if cfg.random_weights:
+        print(SMOKE_WARNING, file=sys.stderr, flush=True)
     return 0
 
 
