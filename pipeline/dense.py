@@ -143,7 +143,7 @@ def sfr_from_preliminary(vp: VisionParts, x11: torch.Tensor, crops: torch.Tensor
     logits = cosine_logits(vp, prelim, text, grid, size)  # (B, Q, H, W)
     logits = pamr(crops.float(), logits.float(), p.sfr_pamr_steps, p.sfr_pamr_dilations).to(logits.dtype)
     probs = torch.softmax(logits * p.logit_scale, dim=1)
-    labels = patch_labels(probs.cpu(), p.temp_thd, vp.patch_size)  # (B, hp, wp)
+    labels = patch_labels(probs, p.temp_thd, vp.patch_size)  # (B, hp, wp) on CPU
     s = sfr_matrix(labels, p.gaussian_std, p.delete_same_entity).to(crops.device)  # (B, T, T) fp32
     s = s / s.amax(dim=(1, 2), keepdim=True)  # parity: one global max per crop
     return s.to(torch.float16).unsqueeze(1)  # parity: the official code casts Ŝ to float16, also on CPU

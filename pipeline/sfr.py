@@ -25,7 +25,7 @@ def patch_labels(probs: torch.Tensor, temp_thd: float, patch: Tuple[int, int]) -
     """
     ph, pw = patch
     maxp, pred = probs.max(dim=1)  # (B, H, W) each
-    pred = pred.masked_fill(maxp < temp_thd, 0)
+    pred = pred.masked_fill(maxp < temp_thd, 0).cpu()  # parity: the mode is taken on CPU (tie rule)
     blocks = pred.unfold(1, ph, ph).unfold(2, pw, pw)  # (B, hp, wp, ph, pw)
     blocks = blocks.reshape(*blocks.shape[:3], ph * pw)  # (B, hp, wp, ph*pw)
     return torch.mode(blocks, dim=-1).values
