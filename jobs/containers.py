@@ -90,8 +90,8 @@ ID_COLUMNS = ("image_id", "id", "key")
 
 
 def index_manifest(files: Sequence[str], options: InputOptions) -> List[Dict]:
-    """One entry per manifest row. Relative paths resolve against the manifest's directory."""
-    out = []
+    """One entry per distinct (id, URI) manifest row. Relative paths resolve against the manifest's directory."""
+    out, seen = [], set()
     for uri in files:
         t = _read_table(uri)
         ucol = options.uri_column or next((c for c in URI_COLUMNS if c in t.column_names), None)
@@ -106,7 +106,11 @@ def index_manifest(files: Sequence[str], options: InputOptions) -> List[Dict]:
                 raise InputError(f"manifest {uri}: empty URI in column {ucol!r}")
             full = u if (storage.is_remote(u) or os.path.isabs(u)) else storage.join(base, u)
             full = storage.normalize(full)
-            out.append(entry(str(i) if i is not None else stable_id(full), full, full))
+            image_id = str(i) if i is not None else stable_id(full)
+            if (image_id, full) in seen:  # the same URI listed twice (same or no id): one input, one row
+                continue
+            seen.add((image_id, full))
+            out.append(entry(image_id, full, full))
     return out
 
 

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs import storage
+from schemas import Status
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 MANIFEST_EXTS = (".csv", ".jsonl", ".json", ".ndjson")
@@ -58,6 +59,17 @@ def entry(image_id: str, source_uri: str, path: str, offset: int = -1, length: i
           row: int = -1, pre_status: Optional[str] = None, pre_error: Optional[str] = None) -> Dict:
     return dict(image_id=image_id, source_uri=source_uri, path=path, offset=offset, length=length,
                 row_group=row_group, row=row, pre_status=pre_status, pre_error=pre_error)
+
+
+def _image_entry(u: str) -> Dict:
+    """An image file's entry; a name that is not valid UTF-8 (local files only) becomes an ``unsupported`` row."""
+    try:
+        u.encode("utf-8")
+    except UnicodeEncodeError:  # os.fsdecode kept the raw bytes as surrogates; Parquet strings cannot hold them
+        shown = u.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return entry(stable_id(shown), shown, shown, pre_status=Status.UNSUPPORTED.value,
+                     pre_error="file name is not valid UTF-8; rename the file to label it")
+    return entry(stable_id(u), u, u)
 
 
 def list_files(uri: str, exts: tuple) -> List[str]:
@@ -115,7 +127,7 @@ def build_index(uri: str, fmt: str, options: InputOptions = InputOptions()) -> p
 
     fmt = detect_format(uri) if fmt == "auto" else fmt
     if fmt == "images":
-        rows = [entry(stable_id(u), u, u) for u in list_files(uri, IMAGE_EXTS)]
+        rows = [_image_entry(u) for u in list_files(uri, IMAGE_EXTS)]
     elif fmt == "parquet":
         rows = containers.index_parquet(list_files(uri, (".parquet",)), options)
     elif fmt == "webdataset":
