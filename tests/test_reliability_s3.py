@@ -1,0 +1,92 @@
+"""Reliability (issue 6, part 2): object-storage faults. The job reads its images and writes its run
+through ``tests.fault_proxy.FaultProxy`` (seeded 503/500/slow/dropped-connection faults) in front of a
+moto server that is restarted once mid-run. moto keeps state only in memory, so the restart is a real
+process restart with the objects snapshotted and put back (``MotoServer.restart``) while the proxy
+refuses connections: clients see an outage of a few seconds and then the same data, as with S3.
+Every image must be accounted for exactly once; one object that fails on every attempt must become a
+``read_error`` row naming the error, not a crash and not a silent drop."""
+from __future__ import annotations
+
+import collections
+import io
+import threading
+import time
+import uuid
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.fault_proxy import FaultPlan, FaultProxy, MotoServer
+from tests.job_fixtures import TEST_SECRET, committed_rows, model_args, ray_local, run_cli  # noqa: F401
+
+pytestmark = pytest.mark.slow
+N_IMAGES = 10
+
+
+def _jpeg(i: int) -> bytes:
+    rng = np.random.default_rng(i)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (40 + i, 56, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def moto():
+    server = MotoServer()
+    yield server
+    server.stop()
+
+
+def _restart_when_first_part(moto: MotoServer, proxy: FaultProxy, bucket: str, done: threading.Event, log: list):
+    c = moto.client()
+    deadline = time.time() + 300
+    while time.time() < deadline and not done.is_set():
+        keys = [o["Key"] for o in c.list_objects_v2(Bucket=bucket, Prefix="out/runs/").get("Contents", [])]
+        if any("/part-" in k for k in keys):
+            proxy.outage_begin()
+            try:
+                log.append(moto.restart(down_seconds=1.0))
+            finally:
+                time.sleep(1.0)
+                proxy.outage_end()
+            return
+        time.sleep(0.2)
+
+
+def test_s3_faults_and_server_restart(ray_local, moto, model_args, tmp_path, capfd):
+    bucket = f"rl-{uuid.uuid4().hex[:8]}"
+    c = moto.client()
+    c.create_bucket(Bucket=bucket)
+    names = [f"img-{i:02d}.jpg" for i in range(N_IMAGES)] + ["always-503.jpg"]
+    for i, n in enumerate(names):
+        c.put_object(Bucket=bucket, Key=f"in/{n}", Body=_jpeg(i))
+    plan = FaultPlan(seed=6, p503=0.04, p500=0.02, pslow=0.04, pdrop=0.02, slow_seconds=1.0,
+                     always_fail={f"/{bucket}/in/always-503.jpg"})
+    done, restarted = threading.Event(), []
+    with FaultProxy(moto.url, plan) as proxy:
+        watcher = threading.Thread(target=_restart_when_first_part, args=(moto, proxy, bucket, done, restarted),
+                                   daemon=True)
+        watcher.start()
+        try:
+            summary = run_cli(["--input", f"s3://{bucket}/in/", "--output", f"s3://{bucket}/out",
+                               "--s3-endpoint", proxy.url, *model_args])
+        finally:
+            done.set()
+            watcher.join(timeout=120)
+        counts = dict(proxy.counts)
+        rows = committed_rows(f"s3://{bucket}/out")
+    print(f"fault proxy: {counts}, faults injected {sum(counts.get(f, 0) for f in ('503', '500', 'slow', 'drop'))}, "
+          f"restarts {moto.restarts} (objects carried over: {restarted})")
+
+    assert moto.restarts == 1, "the server restart must have happened mid-run"
+    assert all(counts.get(f, 0) > 0 for f in ("503", "500", "slow", "drop")), counts
+    got = collections.Counter(r["source_uri"].rsplit("/", 1)[-1] for r in rows)
+    assert got == collections.Counter(names)  # every image exactly once
+    status = {r["source_uri"].rsplit("/", 1)[-1]: (r["status"], r["error"]) for r in rows}
+    bad = status.pop("always-503.jpg")
+    assert bad[0] == "read_error" and any(w in bad[1] for w in ("SlowDown", "503", "Service Unavailable")), bad
+    assert all(s == "ok" for s, _ in status.values()), status
+    assert summary["rows"] == len(names) and summary["by_status"] == {"ok": N_IMAGES, "read_error": 1}
+    out = capfd.readouterr()
+    assert TEST_SECRET not in out.out + out.err
