@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import io
+import pathlib
 import threading
 import time
 import uuid
@@ -88,5 +89,13 @@ def test_s3_faults_and_server_restart(ray_local, moto, model_args, tmp_path, cap
     assert bad[0] == "read_error" and any(w in bad[1] for w in ("SlowDown", "503", "Service Unavailable")), bad
     assert all(s == "ok" for s, _ in status.values()), status
     assert summary["rows"] == len(names) and summary["by_status"] == {"ok": N_IMAGES, "read_error": 1}
+    # the secret is nowhere: output objects (Parquet, plan, _SUCCESS.json, text cache), logs, Ray's log files
+    keys = [o["Key"] for o in c.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"]]
+    assert any(k.endswith("_SUCCESS.json") for k in keys) and any(k.endswith(".parquet") for k in keys)
+    blobs = b"".join(c.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys)
+    assert TEST_SECRET.encode() not in blobs
     out = capfd.readouterr()
     assert TEST_SECRET not in out.out + out.err
+    logs = pathlib.Path(ray_local._private.worker._global_node.get_session_dir_path()) / "logs"
+    log_files = [p for p in logs.rglob("*") if p.is_file()]
+    assert log_files and not [p for p in log_files if TEST_SECRET.encode() in p.read_bytes()]
