@@ -3,9 +3,9 @@ same ``--run-id`` resumed) on the tiny test model; reports rows lost / duplicate
 
     .venv/bin/python bench/soak.py --trials 30 --images 16 --seed 1 [--kills-per-trial 2] [--workdir DIR]
 
-Each trial: fresh input folder and output, ``--kills-per-trial`` kills at uniform random times in
-[--min-s, --max-s] seconds after launch, then a resume that must exit 0 and commit every input exactly
-once. CI runs the short version (``tests/test_reliability_crashes.py``).
+Each trial: fresh input folder and output, ``--kills-per-trial`` kills (each, by a seeded coin: at a
+uniform random time in [--min-s, --max-s] seconds after launch, or 0-3 s after that launch commits a
+part file), then a resume that must exit 0 and commit every input exactly once. CI runs the short version (``tests/test_reliability_crashes.py``).
 """
 from __future__ import annotations
 
@@ -42,11 +42,18 @@ def trial(i: int, rng: random.Random, work: pathlib.Path, model_args: list, a) -
     args = ["--input", str(d / "in"), "--output", str(d / "out"), "--shard-size", str(a.shard_size),
             "--run-id", f"soak-{i}", *model_args]
     t0, kills, times = time.time(), 0, []
-    for _ in range(a.kills_per_trial):
-        at = rng.uniform(a.min_s, a.max_s)
-        if kill_driver_at(launch(args, d / "job.log"), at):
+
+    def parts():
+        return len(list((d / "out").glob(f"runs/soak-{i}/part-*.parquet")))
+
+    for k in range(a.kills_per_trial):
+        if rng.random() < 0.5:  # a random moment after launch
+            at, when, tag = rng.uniform(a.min_s, a.max_s), None, "t"
+        else:  # a random moment (0-3 s) after this launch commits a part
+            at, when, tag = rng.uniform(0.0, 3.0), (lambda n=parts(): parts() > n), "part+"
+        if kill_driver_at(launch(args, d / "job.log"), at, when=when):
             kills += 1
-            times.append(round(at, 1))
+            times.append(f"{tag}{at:.1f}s")
     rc = finish(launch(args, d / "job.log"))
     got = committed_names(str(d / "out")) if rc == 0 else collections.Counter()
     want = collections.Counter(names)
@@ -62,7 +69,7 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=12)
     p.add_argument("--shard-size", type=int, default=2)
     p.add_argument("--min-s", type=float, default=3.0, help="earliest kill, seconds after launch")
-    p.add_argument("--max-s", type=float, default=35.0, help="latest kill, seconds after launch")
+    p.add_argument("--max-s", type=float, default=20.0, help="latest kill, seconds after launch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", help="keep trial folders here (default: a temp dir, removed)")
     a = p.parse_args(argv)

@@ -89,13 +89,16 @@ def launch(args: List[str], log_path: pathlib.Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def kill_driver_at(proc: subprocess.Popen, after_s: float) -> bool:
-    """SIGKILL the driver ``after_s`` seconds after launch (True), unless it exited first (False). Then
-    SIGKILL whatever it had started (its local Ray) so nothing outlives the trial."""
-    t_end = time.time() + after_s
+def kill_driver_at(proc: subprocess.Popen, after_s: float, when=None, timeout: float = 300) -> bool:
+    """SIGKILL the driver ``after_s`` seconds after launch, or, with ``when`` (a callable), ``after_s``
+    seconds after ``when()`` first returns True (True), unless it exited first (False). Then SIGKILL
+    whatever it had started (its local Ray) so nothing outlives the trial."""
+    t_end = time.time() + (timeout if when else after_s)
     while time.time() < t_end:
         if proc.poll() is not None:
             return False
+        if when is not None and when():
+            when, t_end = None, time.time() + after_s
         time.sleep(0.05)
     family = descendants(proc.pid)
     if proc.poll() is not None:

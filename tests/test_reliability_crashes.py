@@ -53,15 +53,26 @@ def test_actor_sigkilled_three_times(ray_local, model_args, tmp_path):
 
 
 def test_driver_sigkilled_and_resumed(model_args, tmp_path):
-    names = write_images(tmp_path / "in", 12, seed=2)
+    names = write_images(tmp_path / "in", 48, seed=2)
     out = tmp_path / "out"
-    args = ["--input", str(tmp_path / "in"), "--output", str(out), *model_args, "--shard-size", "2",
+    args = ["--input", str(tmp_path / "in"), "--output", str(out), *model_args, "--shard-size", "4",
             "--run-id", "crash-run"]
     rng = random.Random(7)
-    kills, launches = 0, 0
+
+    def parts():
+        return list(out.glob("runs/crash-run/part-*.parquet"))
+    kills, launches, parts_at_kill = 0, 0, []
     while kills < DRIVER_KILLS and launches < DRIVER_KILLS + 4:
         launches += 1
-        kills += kill_driver_at(launch(args, tmp_path / "job.log"), rng.uniform(4.0, 30.0))
+        n_parts = len(parts())
+        if launches % 2:  # at a random moment after launch: startup, planning, early labeling
+            at, when = rng.uniform(3.0, 15.0), None
+        else:  # a random moment after this launch committed its first part: mid-labeling, mid-write
+            at, when = rng.uniform(0.0, 3.0), (lambda n=n_parts: len(parts()) > n)
+        if kill_driver_at(launch(args, tmp_path / "job.log"), at, when=when):
+            kills += 1
+            parts_at_kill.append(("after launch" if when is None else "after a part", round(at, 1), len(parts())))
+    print(f"driver kills (trigger, seconds, parts committed at the kill): {parts_at_kill}")
     launches += 1
     rc = finish(launch(args, tmp_path / "job.log"))
     log = (tmp_path / "job.log").read_text(errors="replace")
