@@ -77,8 +77,6 @@ def test_s3_faults_and_server_restart(ray_local, moto, model_args, tmp_path, cap
             watcher.join(timeout=120)
         counts = dict(proxy.counts)
         rows = committed_rows(f"s3://{bucket}/out")
-    print(f"fault proxy: {counts}, faults injected {sum(counts.get(f, 0) for f in ('503', '500', 'slow', 'drop'))}, "
-          f"restarts {moto.restarts} (objects carried over: {restarted})")
 
     assert moto.restarts == 1, "the server restart must have happened mid-run"
     assert all(counts.get(f, 0) > 0 for f in ("503", "500", "slow", "drop")), counts
@@ -95,6 +93,9 @@ def test_s3_faults_and_server_restart(ray_local, moto, model_args, tmp_path, cap
     blobs = b"".join(c.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys)
     assert TEST_SECRET.encode() not in blobs
     out = capfd.readouterr()
+    with capfd.disabled():
+        print(f"fault proxy: {counts}, faults injected {sum(counts.get(f, 0) for f in ('503', '500', 'slow', 'drop'))}, "
+              f"restarts {moto.restarts} (objects carried over: {restarted})")
     assert TEST_SECRET not in out.out + out.err
     logs = pathlib.Path(ray_local._private.worker._global_node.get_session_dir_path()) / "logs"
     log_files = [p for p in logs.rglob("*") if p.is_file()]
