@@ -97,7 +97,12 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=None)
     ap.add_argument("--markdown", action="store_true")
+    ap.add_argument("--render", nargs="+", metavar="JSON", help="print the README table of saved results and exit")
     a = ap.parse_args()
+    if a.render:
+        rows = [r for f in a.render for r in json.load(open(f))["rows"]]
+        print(markdown(rows))
+        return
     rows = run(a.arch, a.queries, a.dtypes, a.batches, tuple(a.size), a.repeats, a.variants, a.device)
     if a.out:
         os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)

@@ -16,6 +16,7 @@ from typing import List, Optional
 from jobs.config import RETRY_POLICIES, LabelJobConfig
 from jobs.inputs import INPUT_FORMATS, InputError
 from pipeline.config import DTYPES, ConfigError
+from pipeline.models import WeightsError
 
 
 SMOKE_WARNING = ("!" * 78 + "\n!! SMOKE MODE (--random-weights): random CLIP weights. The job, the files and the\n"
@@ -77,7 +78,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if cfg.random_weights:
             print(SMOKE_WARNING, file=sys.stderr, flush=True)
         summary = run_job(cfg)
-    except (ConfigError, InputError, JobError, KeyError, PermissionError, FileNotFoundError) as e:
+    except (ConfigError, InputError, JobError, KeyError, PermissionError, FileNotFoundError, WeightsError) as e:
+        e = getattr(e, "cause", None) or e  # a Ray task error carries the original exception
         print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2
     print(format_summary(summary))

@@ -33,7 +33,7 @@ def _swap(args, flag, value):
     return args
 
 
-def test_job_refuses_malicious_weights(ray_local, model_args, tmp_path, monkeypatch):
+def test_job_refuses_malicious_weights(ray_local, model_args, tmp_path, monkeypatch, capsys):
     marker = tmp_path / "pwned"
     monkeypatch.setenv("RESLABEL_PWNED", str(marker))
     evil = tmp_path / "evil.pt"
@@ -44,6 +44,10 @@ def test_job_refuses_malicious_weights(ray_local, model_args, tmp_path, monkeypa
                  *_swap(model_args, "--weights", str(evil))])
     assert not marker.exists()
     assert not (tmp_path / "out" / "runs").exists()  # no run registered
+    # the CLI turns the refusal into a clear error and exit code 2, not a traceback
+    code = main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), *_swap(model_args, "--weights", str(evil))])
+    assert code == 2 and "evil.pt: refused" in capsys.readouterr().err
+    assert not marker.exists()
 
 
 def test_config_files_are_data_not_code(model_args, tmp_path, capsys):
