@@ -31,14 +31,20 @@ def pamr_affinity(image: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor
 
 
 def _iterate(mask: torch.Tensor, weights: torch.Tensor, steps: int, dilations: Sequence[int]) -> torch.Tensor:
-    """``steps`` PAMR iterations of mask (b, q, H, W) with neighbour weights (b, P, H, W)."""
+    """``steps`` PAMR iterations of mask (b, q, H, W) with neighbour weights (b, P, H, W).
+
+    One replicate pad by the largest dilation per iteration serves every dilation (clamped indices are
+    the same), and the sum over neighbours runs in the fixed order dilation-major, offset-minor.
+    """
+    h, w = mask.shape[-2:]
+    m = max(dilations)
+    taps = [(m + dy * d, m + dx * d) for d in dilations for dy, dx in _OFFSETS]
     for _ in range(steps):
-        out = torch.zeros_like(mask)
-        p = 0
-        for d in dilations:
-            for shifted in _shifts(mask, d, _OFFSETS):
-                out.addcmul_(shifted, weights[:, p:p + 1])
-                p += 1
+        padded = F.pad(mask, [m] * 4, mode="replicate")  # (b, q, H+2m, W+2m)
+        y0, x0 = taps[0]
+        out = padded[..., y0:y0 + h, x0:x0 + w] * weights[:, 0:1]
+        for p, (y0, x0) in enumerate(taps[1:], start=1):
+            out.addcmul_(padded[..., y0:y0 + h, x0:x0 + w], weights[:, p:p + 1])
         mask = out
     return mask
 
