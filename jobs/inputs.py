@@ -77,13 +77,12 @@ def list_files(uri: str, exts: tuple) -> List[str]:
     fs, path = storage.fs_for(uri)
     fs.invalidate_cache()
     if any(ch in path for ch in "*?["):
-        found = fs.glob(path)
-    elif fs.isfile(path):
-        found = [path]
-    elif fs.exists(path):
-        found = fs.find(path)
+        found = storage.retrying(lambda: fs.glob(path), f"list {uri}")
     else:
-        raise InputError(f"input {uri}: no such file, directory or prefix")
+        k = storage.kind(fs, path)
+        if k is None:
+            raise InputError(f"input {uri}: no such file, directory or prefix")
+        found = [path] if k == "file" else storage.retrying(lambda: fs.find(path), f"list {uri}")
     keep = [p for p in found if p.lower().endswith(exts) and not os.path.basename(p).startswith((".", "_"))]
     return sorted(storage.to_uri(fs, p) for p in keep)
 

@@ -9,16 +9,21 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import time
 import uuid
-from typing import Any, List, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import fsspec
 
 
 def apply_endpoint(endpoint: str | None) -> None:
     """Make every s3fs/botocore client in this process use ``endpoint`` (a URL, not a secret)."""
-    if endpoint:
+    if endpoint and os.environ.get("AWS_ENDPOINT_URL") != endpoint:
         os.environ["AWS_ENDPOINT_URL"] = endpoint
+        try:  # cached s3fs instances would keep talking to the previous endpoint
+            fsspec.get_filesystem_class("s3").clear_instance_cache()
+        except (ImportError, ValueError):
+            pass
 
 
 def is_remote(uri: str) -> bool:
@@ -52,9 +57,36 @@ def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return fs.unstrip_protocol(path)
 
 
+def retrying(fn: Callable[[], Any], what: str, attempts: int = 6, base_delay: float = 0.2) -> Any:
+    """Call ``fn``; retry transient failures with exponential backoff. ``FileNotFoundError`` and
+    ``PermissionError`` are answers, not faults, and propagate at once."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except (FileNotFoundError, PermissionError):
+            raise
+        except Exception as e:  # noqa: BLE001 - object stores raise many types for 5xx / dropped connections
+            if attempt == attempts - 1:
+                raise OSError(f"{what}: failed after {attempts} attempts: {type(e).__name__}: {e}") from e
+            time.sleep(base_delay * 2 ** attempt)
+    raise AssertionError("unreachable")
+
+
+def kind(fs: fsspec.AbstractFileSystem, path: str) -> Optional[str]:
+    """"file", "directory" or None (absent). Unlike ``fs.exists`` — which answers False when the store
+    errors — a transient error is retried and a persistent one raised, never read as "absent"."""
+    def probe() -> Optional[str]:
+        try:
+            return "file" if fs.info(path).get("type") == "file" else "directory"
+        except FileNotFoundError:
+            return None
+    fs.invalidate_cache()
+    return retrying(probe, f"stat {path}")
+
+
 def exists(uri: str) -> bool:
     fs, path = fs_for(uri)
-    return fs.exists(path)
+    return kind(fs, path) is not None
 
 
 def read_bytes(uri: str) -> bytes:
@@ -69,10 +101,9 @@ def read_json(uri: str) -> Any:
 def list_dir(uri: str) -> List[str]:
     """Immediate children (URIs) of a directory/prefix; empty when it does not exist."""
     fs, path = fs_for(uri)
-    fs.invalidate_cache()
-    if not fs.exists(path):
+    if kind(fs, path) is None:
         return []
-    return sorted(to_uri(fs, p) for p in fs.ls(path, detail=False))
+    return sorted(to_uri(fs, p) for p in retrying(lambda: fs.ls(path, detail=False), f"list {uri}"))
 
 
 def write_new(uri: str, data: bytes) -> bool:
@@ -97,10 +128,9 @@ def write_new(uri: str, data: bytes) -> bool:
         finally:
             os.unlink(tmp)
         return True
-    fs.invalidate_cache()
-    if fs.exists(path):
+    if kind(fs, path) is not None:
         return False
-    fs.pipe_file(path, data)
+    retrying(lambda: fs.pipe_file(path, data), f"write {uri}")  # a PUT is idempotent: same bytes, same key
     return True
 
 
