@@ -212,3 +212,19 @@ def test_real_vit_b16_shape(tmp_path):
     out = seg.dense_logits(x)
     assert out.shape == (1, 2, 224, 250)
     assert seg.vision.grid_size == (14, 14) and len(seg.vision.blocks) == 12
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,patch,grid,layers", [("ViT-B-32", 32, 7, 12), ("ViT-L-14", 14, 16, 24)])
+def test_other_vit_archs(arch, patch, grid, layers, tmp_path):
+    """ResCLIP on other open_clip ViTs (random weights): patch size, grid and depth come from the model;
+    RCS stays on layers 6-9 as in the official code."""
+    vocab = tmp_path / "v.txt"
+    vocab.write_text("cat\ndog, puppy\n")
+    tpl = tmp_path / "t.txt"
+    tpl.write_text("a photo of a {}.\n")
+    seg = Segmenter.build(get_preset("ade20k", vocabulary=str(vocab), templates=str(tpl)), ModelConfig(arch=arch, random_init=True))
+    assert seg.vision.patch_size == (patch, patch) and seg.vision.grid_size == (grid, grid)
+    assert len(seg.vision.blocks) == layers and seg.config.rcs_layers == (6, 7, 8, 9)
+    assert seg.dense_logits(torch.randn(1, 3, 250, 300)).shape == (1, 3, 250, 300)
+    assert seg.segment([np.zeros((120, 200, 3), np.uint8)])[0].labels.shape == (120, 200)
