@@ -9,7 +9,6 @@ medians, never compare absolute numbers across machines or runs.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform

@@ -23,7 +23,6 @@ import threading
 import time
 from typing import Dict, List
 
-import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

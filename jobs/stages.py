@@ -7,7 +7,6 @@ writer as exactly one row: failures are rows with a status, never exceptions. Pr
 from __future__ import annotations
 
 import datetime
-import os
 import time
 from typing import Dict, List, Optional, Sequence
 

@@ -53,19 +53,13 @@ class TextEmbeddings:
     @classmethod
     def load(cls, uri: str) -> "TextEmbeddings":
         import fsspec
-        from safetensors import safe_open
         from safetensors.torch import load
 
         with fsspec.open(uri, "rb") as f:
             blob = f.read()
         tensors = load(blob)
-        import tempfile
-
-        with tempfile.NamedTemporaryFile(suffix=".safetensors") as tmp:
-            tmp.write(blob)
-            tmp.flush()
-            with safe_open(tmp.name, framework="pt") as st:
-                meta = st.metadata()
+        header_len = int.from_bytes(blob[:8], "little")  # safetensors: u64 length, then a JSON header
+        meta = json.loads(blob[8:8 + header_len])["__metadata__"]
         return cls(tensors["embeddings"].float(), tuple(json.loads(meta["query_names"])),
                    tuple(json.loads(meta["query_to_class"])), tuple(json.loads(meta["class_names"])), meta["key"])
 

@@ -11,6 +11,8 @@ import pathlib
 
 import pytest
 
+pytest_plugins = ["tests.job_fixtures"]  # ray_local, moto_endpoint, image_dir, model_args
+
 TESTS = pathlib.Path(__file__).parent
 TINY_ARCH = str(TESTS / "data" / "tiny-vit.json")
 

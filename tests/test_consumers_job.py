@@ -15,7 +15,7 @@ from jobs.overlay import main as overlay_main
 from pipeline.decode import decode_image
 from pipeline.export import read_label_png
 from pipeline.reader import open_run
-from tests.job_fixtures import image_dir, model_args, ray_local, run_cli, sample_files  # noqa: F401 - fixtures
+from tests.job_fixtures import run_cli, sample_files
 
 pytestmark = pytest.mark.slow
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from jobs.label import main
-from tests.job_fixtures import model_args, moto_endpoint, s3_client  # noqa: F401 - fixtures
+from tests.job_fixtures import s3_client
 
 
 def _run(args, capsys):

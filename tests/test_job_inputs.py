@@ -12,9 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.inputs import InputError, build_index, detect_format
-from tests.job_fixtures import (  # noqa: F401 - fixtures
-    assert_masks_match_inprocess, committed_rows, model_args, ray_local, run_cli, sample_files,
-)
+from tests.job_fixtures import assert_masks_match_inprocess, committed_rows, run_cli, sample_files
 
 FILES = {n: d for n, (d, _) in sample_files().items()}
 STATUS = {n: s for n, (_, s) in sample_files().items()}

@@ -9,10 +9,7 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from tests.job_fixtures import (  # noqa: F401 - fixtures
-    assert_masks_match_inprocess, committed_rows, expected_status_by_name, image_dir, model_args, ray_local,
-    run_cli, sample_files,
-)
+from tests.job_fixtures import assert_masks_match_inprocess, committed_rows, expected_status_by_name, run_cli, sample_files
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.job_fixtures import committed_rows, model_args, ray_local, run_cli  # noqa: F401 - fixtures
+from tests.job_fixtures import committed_rows, run_cli
 
 pytestmark = pytest.mark.slow
 N_IMAGES = 24

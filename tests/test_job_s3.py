@@ -9,10 +9,7 @@ import uuid
 
 import pytest
 
-from tests.job_fixtures import (  # noqa: F401 - fixtures
-    TEST_SECRET, assert_masks_match_inprocess, committed_rows, expected_status_by_name, image_dir, model_args,
-    moto_endpoint, ray_local, run_cli, s3_client, sample_files, upload_dir,
-)
+from tests.job_fixtures import TEST_SECRET, assert_masks_match_inprocess, committed_rows, expected_status_by_name, run_cli, s3_client, sample_files, upload_dir
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 from jobs.label import main
-from tests.job_fixtures import committed_rows, ray_local  # noqa: F401 - fixtures
+from tests.job_fixtures import committed_rows
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 

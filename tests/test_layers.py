@@ -4,7 +4,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
 
 PIPELINE_MODULES = ["pipeline", "pipeline.decode", "pipeline.rle", "pipeline.segments", "pipeline.config",
                     "pipeline.models", "pipeline.text", "pipeline.vocabulary", "pipeline.segmenter",

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.crash_helpers import actor_pids, committed_names, finish, kill_driver_at, kill_pids, launch, write_images
-from tests.job_fixtures import committed_rows, model_args, ray_local, run_cli  # noqa: F401 - fixtures
+from tests.job_fixtures import committed_rows, run_cli
 
 pytestmark = pytest.mark.slow
 ACTOR_KILLS = 3

@@ -12,9 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.job_fixtures import (  # noqa: F401 - fixtures
-    assert_masks_match_inprocess, committed_rows, label_map_from_segments, model_args, ray_local, run_cli,
-)
+from tests.job_fixtures import assert_masks_match_inprocess, committed_rows, label_map_from_segments, run_cli
 from tests.malformed import MAX_PIXELS, NON_UTF8_NAME, corpus
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from tests.fault_proxy import FaultPlan, FaultProxy, MotoServer
-from tests.job_fixtures import TEST_SECRET, committed_rows, model_args, ray_local, run_cli  # noqa: F401
+from tests.job_fixtures import TEST_SECRET, committed_rows, run_cli
 
 pytestmark = pytest.mark.slow
 N_IMAGES = 10

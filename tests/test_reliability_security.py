@@ -17,7 +17,7 @@ import torch
 
 from jobs.label import main
 from tests.crash_helpers import write_images
-from tests.job_fixtures import committed_rows, model_args, ray_local, run_cli  # noqa: F401 - fixtures
+from tests.job_fixtures import committed_rows, run_cli
 
 pytestmark = pytest.mark.slow
 
