@@ -9,6 +9,7 @@ import dataclasses
 from typing import Optional
 
 from jobs.inputs import INPUT_FORMATS
+from pipeline import pamr_native
 from pipeline.config import DTYPES, ConfigError, ModelConfig, SegmenterConfig
 from pipeline.decode import DEFAULT_MAX_PIXELS
 
@@ -72,6 +73,7 @@ class LabelJobConfig:
         if self.run_id is not None and (not self.run_id or "/" in self.run_id or self.run_id.startswith(("_", "."))):
             raise ConfigError(f"--run-id {self.run_id!r}: use letters, digits, '-', '_' or '.' (no '/', not starting with '_' or '.')")
         self.segmenter_config()
+        pamr_native.kernel_mode()  # RESLABEL_PAMR_KERNEL, if set, must be a known value
         return self
 
     def segmenter_config(self) -> SegmenterConfig:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline import pamr_native
 from pipeline.config import ModelConfig, SegmenterConfig
 from pipeline.dense import DenseParams, crop_logits
 from pipeline.models import arch_display_name, build_model, vision_parts
@@ -52,6 +53,8 @@ class Segmenter:
                                         c.delete_same_entity, c.logit_scale)
         self.post_params = PostParams(c.logit_scale, c.prob_thd, c.area_thd, vocabulary.query_to_class,
                                       vocabulary.num_classes)
+        if self.device.type == "cpu" and (self.dense_params.variant.sfr or c.pamr_steps > 0):
+            pamr_native.kernel()  # build or load the fused PAMR kernel now, not inside the first batch
 
     @classmethod
     def build(cls, config: SegmenterConfig, model: ModelConfig, *, text_embeddings: Optional[TextEmbeddings] = None,

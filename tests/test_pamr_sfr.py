@@ -31,10 +31,12 @@ def _reference_pamr(image, mask, steps, dilations):
     return mask
 
 
-def test_pamr_matches_spec_reference():
+@pytest.mark.parametrize("use_kernel", [False, None], ids=["torch", "default"])
+def test_pamr_matches_spec_reference(use_kernel):
     torch.manual_seed(0)
     img, m = torch.randn(2, 3, 40, 52), torch.randn(2, 5, 40, 52)
-    torch.testing.assert_close(pamr(img, m, 3, (1, 4)), _reference_pamr(img, m, 3, (1, 4)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pamr(img, m, 3, (1, 4), native=use_kernel), _reference_pamr(img, m, 3, (1, 4)),
+                               atol=1e-5, rtol=1e-5)
 
 
 def test_pamr_properties():

@@ -1,0 +1,235 @@
+"""The fused CPU PAMR kernel (``csrc/pamr_cpu.cpp``): built at first use, cached, loaded with ctypes.
+
+PAMR is the largest cost of ResCLIP after the trunk once the vocabulary is large (10 iterations × 16 taps
+over every query channel at crop resolution). The torch implementation in :mod:`pipeline.pamr` makes 17
+passes over memory per iteration; the kernel makes one, keeps four channels' planes in cache for all
+iterations and reuses each weight load for those four channels. It computes the same sums in the same
+order (tested equal to the torch path).
+
+Selection, per process, by the environment variable ``RESLABEL_PAMR_KERNEL``:
+
+* ``auto`` (default): the kernel for float32 CPU tensors when it can be built, else torch (one warning);
+* ``native``: the kernel, and an error if it cannot be built;
+* ``torch``: never the kernel.
+
+Building needs a C++17 compiler (``$CXX``, else ``c++``/``g++``/``clang++`` on PATH) and torch's headers
+(shipped in the torch wheel); it takes about a second. The shared library goes to
+``$RESLABEL_KERNEL_CACHE`` (default ``~/.cache/reslabel/kernels``) under a name keyed by the source, the
+compiler, torch's version and the CPU's instruction-set flags (it is compiled with ``-march=native``), so
+nodes of a mixed cluster sharing a home directory never load each other's build.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+from pipeline.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+ENV_MODE = "RESLABEL_PAMR_KERNEL"
+ENV_CACHE = "RESLABEL_KERNEL_CACHE"
+MODES = ("auto", "native", "torch")
+SOURCE = Path(__file__).with_name("csrc") / "pamr_cpu.cpp"
+
+_lock = threading.Lock()
+_loaded: Optional[ctypes.CDLL] = None
+_failure: Optional[str] = None  # why the kernel is unavailable in this process (set once)
+
+
+class KernelBuildError(RuntimeError):
+    """The kernel could not be compiled or loaded; the message names the compiler and its output."""
+
+
+def kernel_mode() -> str:
+    """The validated value of ``RESLABEL_PAMR_KERNEL`` (default ``auto``); ConfigError otherwise."""
+    mode = os.environ.get(ENV_MODE, "auto").strip().lower() or "auto"
+    if mode not in MODES:
+        raise ConfigError(f"{ENV_MODE}={os.environ[ENV_MODE]!r} is not one of {', '.join(MODES)}")
+    return mode
+
+
+def find_compiler() -> Optional[str]:
+    """``$CXX`` if set (a command, e.g. ``g++-13`` or ``ccache g++``, used as given even when missing: the
+    build error then names it), else the first of c++, g++, clang++ on PATH."""
+    if os.environ.get("CXX"):
+        return os.environ["CXX"]
+    for name in ("c++", "g++", "clang++"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _command(compiler: str, out: Path) -> list:
+    torch_dir = Path(torch.__file__).parent
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    return [*shlex.split(compiler), "-O3", "-march=native", "-ffp-contract=fast", "-std=c++17", "-shared", "-fPIC",
+            f"-D_GLIBCXX_USE_CXX11_ABI={abi}", f"-I{torch_dir / 'include'}", str(SOURCE), "-o", str(out),
+            f"-L{torch_dir / 'lib'}", "-Wl,--no-as-needed", "-ltorch_cpu", "-lc10",
+            f"-Wl,-rpath,{torch_dir / 'lib'}"]
+
+
+def build_kernel(cache_dir: Optional[Path] = None, compiler: Optional[str] = None) -> Path:
+    """Compile the kernel (or find the cached build) and return the shared library's path.
+
+    Concurrent builders (several Ray actors on one node) each write their own temporary file and rename it
+    into place, so a reader only ever sees a complete library.
+
+    Raises:
+        KernelBuildError: no compiler, or the compiler failed (its output is in the message).
+    """
+    compiler = compiler or find_compiler()
+    if not compiler:
+        raise KernelBuildError("no C++ compiler found ($CXX unset and none of c++, g++, clang++ on PATH)")
+    cache_dir = Path(cache_dir or os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "reslabel" / "kernels")
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), compiler.encode(), " ".join(_command(compiler, Path("x"))).encode(),
+                 torch.__version__.encode(), platform.machine().encode(), _cpu_flags().encode()):
+        key.update(part + b"\0")
+    target = cache_dir / f"pamr_cpu-{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp.so", dir=cache_dir)
+    os.close(fd)
+    try:
+        try:
+            proc = subprocess.run(_command(compiler, Path(tmp)), capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise KernelBuildError(f"could not run the C++ compiler {compiler!r}: {exc}") from exc
+        if proc.returncode != 0:
+            raise KernelBuildError(f"{compiler} failed (exit {proc.returncode}) building {SOURCE.name}:\n"
+                                   f"{(proc.stderr or proc.stdout)[-2000:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def load_kernel(path: Path) -> ctypes.CDLL:
+    """Load a built kernel and declare its C signatures."""
+    lib = ctypes.CDLL(str(path))
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.reslabel_pamr_vector_width.restype = i64
+    lib.reslabel_pamr_vector_width.argtypes = []
+    lib.reslabel_pamr_f32.restype = ctypes.c_int
+    lib.reslabel_pamr_f32.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i64, ptr, ptr, i64, ctypes.c_char_p, i64]
+    lib.reslabel_pamr_weights_f32.restype = ctypes.c_int
+    lib.reslabel_pamr_weights_f32.argtypes = [ptr, ptr, i64, i64, i64, i64, i64, i64, ptr, ctypes.c_char_p, i64]
+    return lib
+
+
+def kernel() -> Optional[ctypes.CDLL]:
+    """The loaded kernel, or None where the mode is ``torch`` or (mode ``auto``) it cannot be built.
+
+    Raises:
+        KernelBuildError: mode ``native`` and the kernel cannot be built.
+        ConfigError: an unknown ``RESLABEL_PAMR_KERNEL`` value.
+    """
+    mode = kernel_mode()
+    return None if mode == "torch" else _get(mode)
+
+
+def required_kernel() -> ctypes.CDLL:
+    """The loaded kernel whatever the environment says; KernelBuildError if it cannot be built."""
+    lib = _get("native")
+    assert lib is not None
+    return lib
+
+
+def _get(mode: str) -> Optional[ctypes.CDLL]:
+    global _loaded, _failure
+    with _lock:
+        if _loaded is None and _failure is None:
+            try:
+                _loaded = load_kernel(build_kernel())
+            except (KernelBuildError, OSError) as exc:
+                _failure = str(exc)
+                if mode == "auto":
+                    log.warning("PAMR: the fused CPU kernel is unavailable, using the slower torch path "
+                                "(set %s=torch to silence): %s", ENV_MODE, _failure)
+        if _loaded is None and mode == "native":
+            raise KernelBuildError(f"the fused PAMR kernel is required ({ENV_MODE}=native or native=True) but unavailable: {_failure}")
+        return _loaded
+
+
+def taps(dilations: Sequence[int], offsets: Sequence[Tuple[int, int]]) -> Tuple[list, list]:
+    """(dy, dx) per tap, dilation-major and offset-minor: the order the taps are summed in."""
+    return [dy * d for d in dilations for dy, _ in offsets], [dx * d for d in dilations for _, dx in offsets]
+
+
+def _i64(values: Sequence[int]) -> ctypes.Array:
+    return (ctypes.c_int64 * len(values))(*values)
+
+
+def _check(rc: int, err: ctypes.Array, what: str) -> None:
+    if rc != 0:
+        raise RuntimeError(f"PAMR kernel failed on {what}: {err.value.decode(errors='replace')}")
+
+
+def kernel_layout(lib: ctypes.CDLL, weights: torch.Tensor) -> torch.Tensor:
+    """Neighbour weights (B, K, H, W) → the kernel's layout (B, H, K, WR), zero past W (WR = W rounded up
+    to the kernel's vector width): the K weight rows of one image row lie together."""
+    b, k, h, w = weights.shape
+    vw = lib.reslabel_pamr_vector_width()
+    out = torch.zeros(b, h, k, -(-w // vw) * vw, dtype=torch.float32)
+    out[..., :w] = weights.float().permute(0, 2, 1, 3)
+    return out
+
+
+def affinity(lib: ctypes.CDLL, image: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
+    """Neighbour weights of guide ``image`` (B, C, H, W) in the kernel's layout (B, H, K, WR), K = 8 per
+    dilation in the order of :func:`taps` with the 8 offsets in raster order; the same quantity as
+    :func:`pipeline.pamr.pamr_affinity` (equal to a few float32 ulps)."""
+    b, c, h, w = image.shape
+    vw = lib.reslabel_pamr_vector_width()
+    out = torch.empty(b, h, 8 * len(dilations), -(-w // vw) * vw, dtype=torch.float32)
+    src = image.float().contiguous()
+    err = ctypes.create_string_buffer(512)
+    rc = lib.reslabel_pamr_weights_f32(src.data_ptr(), out.data_ptr(), b, c, h, w, out.shape[-1],
+                                       len(dilations), _i64(dilations), err, len(err))
+    _check(rc, err, f"image {tuple(image.shape)}")
+    return out
+
+
+def iterate(lib: ctypes.CDLL, mask: torch.Tensor, weights: torch.Tensor, steps: int,
+            dy: Sequence[int], dx: Sequence[int]) -> torch.Tensor:
+    """``steps`` PAMR iterations of mask (B, Q, H, W) float32 CPU with neighbour weights in the kernel's
+    layout (B, H, K, WR), K = len(dy), tap k reading M(y + dy[k], x + dx[k]) (replicate padding).
+    Returns (B, Q, H, W)."""
+    b, q, h, w = mask.shape
+    k = len(dy)
+    vw = lib.reslabel_pamr_vector_width()
+    if tuple(weights.shape) != (b, h, k, -(-w // vw) * vw) or len(dx) != k or not weights.is_contiguous():
+        raise ValueError(f"PAMR kernel: mask {tuple(mask.shape)}, weights {tuple(weights.shape)}, {k} taps")
+    src = mask.float().contiguous()
+    out = torch.empty_like(src)
+    err = ctypes.create_string_buffer(512)
+    rc = lib.reslabel_pamr_f32(src.data_ptr(), weights.data_ptr(), out.data_ptr(), b, q, h, w, k, _i64(dy),
+                               _i64(dx), steps, err, len(err))
+    _check(rc, err, f"mask {tuple(mask.shape)}")
+    return out

@@ -1,0 +1,139 @@
+"""The fused CPU PAMR kernel (pipeline/csrc/pamr_cpu.cpp): equal to the torch path, built and cached per
+machine, and a clear error or a logged fallback when it cannot be built."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import ConfigError
+from pipeline import pamr_native as native
+from pipeline.pamr import _OFFSETS, pamr, pamr_affinity
+
+needs_compiler = pytest.mark.skipif(native.find_compiler() is None, reason="no C++ compiler on this machine")
+REPO = Path(__file__).resolve().parents[1]
+
+# (B, Q, H, W, mask size, dilations, steps): crop sizes, a width that is no multiple of the vector width,
+# a dilation larger than the image (replicate padding clamps every tap), other dilations, steps 0 and 1.
+CASES = [
+    (1, 7, 224, 224, (224, 224), (8, 16), 10),
+    (2, 5, 37, 53, (19, 27), (8, 16), 10),
+    (1, 1, 5, 9, (5, 9), (8, 16), 3),
+    (1, 3, 40, 41, (40, 41), (1, 2, 3), 1),
+    (1, 6, 17, 16, (9, 9), (8, 16), 0),
+    (3, 150, 48, 80, (3, 5), (8, 16), 10),
+]
+
+
+@needs_compiler
+@pytest.mark.parametrize("b,q,h,w,msize,dilations,steps", CASES)
+def test_kernel_equals_torch(b, q, h, w, msize, dilations, steps):
+    g = torch.Generator().manual_seed(h * w + q)
+    img = torch.randn(b, 3, h, w, generator=g)
+    mask = torch.randn(b, q, *msize, generator=g) * 3
+    lib = native.required_kernel()
+    ref_w = native.kernel_layout(lib, pamr_affinity(img, dilations))  # (B, H, K, WR)
+    got_w = native.affinity(lib, img, dilations)
+    assert got_w.shape == ref_w.shape and bool((got_w[..., w:] == 0).all())
+    torch.testing.assert_close(got_w, ref_w, atol=2e-6, rtol=1e-5)
+    ref = pamr(img, mask, steps, dilations, native=False)
+    got = pamr(img, mask, steps, dilations, native=True)
+    assert got.shape == ref.shape == (b, q, h, w)
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    # with the torch weights the iterations alone are the same sums in the same order: bit-equal
+    dy, dx = native.taps(dilations, _OFFSETS)
+    resized = torch.nn.functional.interpolate(mask, size=(h, w), mode="bilinear", align_corners=True)
+    direct = native.iterate(lib, resized, ref_w, steps, dy, dx)
+    assert torch.equal(direct, pamr(img, mask, steps, dilations, native=False))
+
+
+@needs_compiler
+def test_kernel_keeps_constants_and_is_used_by_default(monkeypatch):
+    monkeypatch.delenv(native.ENV_MODE, raising=False)
+    assert native.kernel() is not None  # auto mode with a compiler: the kernel
+    img = torch.randn(2, 3, 30, 70)
+    const = torch.full((2, 5, 30, 70), -1.75)
+    torch.testing.assert_close(pamr(img, const, 10), const)
+    monkeypatch.setenv(native.ENV_MODE, "torch")
+    assert native.kernel() is None
+
+
+@needs_compiler
+def test_segmenter_same_labels_with_and_without_kernel(monkeypatch, tiny_arch, tiny_weights, tiny_vocab_file,
+                                                       tiny_templates_file):
+    from pipeline import ModelConfig, get_preset
+    from pipeline.segmenter import Segmenter
+
+    cfg = get_preset("voc21", vocabulary=tiny_vocab_file, templates=tiny_templates_file, temp_thd=0.1,
+                     pamr_steps=10)  # the internal PAMR of SFR and a final PAMR
+    seg = Segmenter.build(cfg, ModelConfig(arch=tiny_arch, weights=tiny_weights, device="cpu"))
+    img = (np.random.RandomState(3).rand(200, 260, 3) * 255).astype(np.uint8)
+    monkeypatch.setenv(native.ENV_MODE, "torch")
+    ref = seg.segment([img], return_probs=True)[0]
+    monkeypatch.setenv(native.ENV_MODE, "native")
+    got = seg.segment([img], return_probs=True)[0]
+    np.testing.assert_allclose(got.probs, ref.probs, atol=1e-5)
+    assert (got.labels == ref.labels).mean() > 0.999
+
+
+def test_bad_mode_is_a_config_error(monkeypatch):
+    monkeypatch.setenv(native.ENV_MODE, "fast")
+    with pytest.raises(ConfigError, match="RESLABEL_PAMR_KERNEL='fast' is not one of auto, native, torch"):
+        native.kernel_mode()
+
+
+@needs_compiler
+def test_build_is_cached_and_keyed(tmp_path):
+    first = native.build_kernel(tmp_path)
+    stamp = first.stat().st_mtime_ns
+    assert native.build_kernel(tmp_path) == first and first.stat().st_mtime_ns == stamp  # not rebuilt
+    assert list(tmp_path.glob("*.tmp.so")) == []  # no temporaries left behind
+    alias = tmp_path / "cxx-alias"
+    alias.symlink_to(native.find_compiler())
+    other = native.build_kernel(tmp_path, compiler=str(alias))  # another compiler: another build
+    assert other != first and other.exists()
+
+
+def test_build_errors_name_the_compiler(tmp_path):
+    with pytest.raises(native.KernelBuildError, match="could not run the C.. compiler '/nonexistent/c[+][+]'"):
+        native.build_kernel(tmp_path, compiler="/nonexistent/c++")
+    failing = tmp_path / "failing-cxx"
+    failing.write_text("#!/bin/sh\necho 'fatal: no space for you' >&2\nexit 3\n")
+    failing.chmod(0o755)
+    with pytest.raises(native.KernelBuildError, match=r"failing-cxx failed \(exit 3\)(.|\n)*no space for you"):
+        native.build_kernel(tmp_path / "cache", compiler=str(failing))
+    assert list((tmp_path / "cache").glob("*.so")) == []
+
+
+def _run(code: str, env: dict) -> subprocess.CompletedProcess:
+    full = {**os.environ, **env, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_without_a_compiler_auto_falls_back_and_native_refuses(tmp_path):
+    """A fresh process whose compiler is missing: auto logs one warning and gives the torch result; native
+    raises with the reason."""
+    code = """
+        import logging, torch
+        logging.basicConfig(level=logging.WARNING)
+        from pipeline.pamr import pamr
+        img, m = torch.randn(1, 3, 20, 24), torch.randn(1, 4, 20, 24)
+        a = pamr(img, m, 5); b = pamr(img, m, 5)
+        assert torch.equal(a, pamr(img, m, 5, native=False)) and torch.equal(a, b)
+        print("OK")
+    """
+    env = {"CXX": str(tmp_path / "no-such-compiler"), native.ENV_CACHE: str(tmp_path / "cache")}
+    proc = _run(code, {**env, native.ENV_MODE: "auto"})
+    assert proc.returncode == 0, proc.stderr
+    assert "OK" in proc.stdout
+    assert proc.stderr.count("fused CPU kernel is unavailable") == 1 and "no-such-compiler" in proc.stderr
+    proc = _run(code, {**env, native.ENV_MODE: "native"})
+    assert proc.returncode != 0
+    assert "KernelBuildError" in proc.stderr and "no-such-compiler" in proc.stderr
