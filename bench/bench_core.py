@@ -18,7 +18,7 @@ from typing import Callable, Dict, List
 
 import torch
 
-from pipeline import ModelConfig
+from pipeline import ModelConfig, pamr_native
 from pipeline.dense import DenseParams, crop_logits, embed
 from pipeline.models import TORCH_DTYPES, build_model, vision_parts
 from pipeline.variants import get_variant
@@ -39,7 +39,8 @@ def _median_time(fn: Callable[[], object], repeats: int) -> float:
 def machine_info() -> Dict[str, object]:
     return {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "pamr_kernel_cpu": "native" if pamr_native.kernel() is not None else "torch"}
 
 
 def run(arch: str, queries: List[int], dtypes: List[str], batches: List[int], size: tuple, repeats: int,
@@ -77,10 +78,21 @@ def run(arch: str, queries: List[int], dtypes: List[str], batches: List[int], si
 
 
 def markdown(rows: List[Dict[str, object]]) -> str:
-    out = ["| variant | dtype | queries | batch | input | s/crop | × trunk |", "|---|---|---|---|---|---|---|"]
+    """The README table: one line per (input, dtype, queries, batch), the bare trunk's s/crop and each
+    variant's ratio to it ("–" where a variant was not run)."""
+    keys: Dict[tuple, Dict[str, Dict[str, object]]] = {}
+    variants: List[str] = []
     for r in rows:
-        out.append(f"| {r['variant']} | {r['dtype']} | {r['queries']} | {r['batch']} | {r['size'][0]}x{r['size'][1]} "
-                   f"| {r['s_per_crop']:.3f} | {r['ratio']:.2f} |")
+        key = (f"{r['size'][0]}x{r['size'][1]}", r["dtype"], r["queries"], r["batch"])
+        keys.setdefault(key, {})[r["variant"]] = r
+        if r["variant"] != "trunk" and r["variant"] not in variants:
+            variants.append(r["variant"])
+    head = ["input", "dtype", "queries", "batch", "bare trunk s/crop"] + [f"{v} ×" for v in variants]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, by in keys.items():
+        cells = [str(k) for k in key] + [f"{by['trunk']['s_per_crop']:.3f}" if "trunk" in by else "–"]
+        cells += [f"{by[v]['ratio']:.2f}" if v in by else "–" for v in variants]
+        out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
 
@@ -92,7 +104,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--size", type=int, nargs=2, default=[224, 224], help="crop H W (336 500 = a whole image)")
     ap.add_argument("--variants", nargs="+", default=VARIANTS)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=None)
     ap.add_argument("--markdown", action="store_true")

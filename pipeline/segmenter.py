@@ -46,7 +46,7 @@ class Segmenter:
         self.text = text
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        self._text = text.embeddings.to(device=self.device, dtype=self.dtype)  # (Q, E)
+        self._text = text.embeddings.to(device=self.device, dtype=torch.float32)  # (Q, E); logits are float32
         c = config
         self.dense_params = DenseParams(get_variant(c.method, c.base), c.gaussian_std, tuple(c.rcs_layers),
                                         tuple(c.rcs_weights), tuple(c.sfr_weights), c.temp_thd,
