@@ -94,6 +94,20 @@ void channels(const float* mask, float* out, const float* w, int64_t K, const in
       std::memcpy(out + (c * g.H + y) * g.W, R[c] + (y + g.m) * g.S + g.m, g.W * sizeof(float));
 }
 
+// Runs body() and turns a C++ exception into return code 1 with its message in err (errlen bytes):
+// exceptions must not cross the C ABI into ctypes.
+template <typename Body>
+int guarded(char* err, int64_t errlen, Body&& body) {
+  try {
+    return body();
+  } catch (const std::exception& e) {
+    std::strncpy(err, e.what(), errlen - 1);
+  } catch (...) {
+    std::strncpy(err, "unknown C++ exception", errlen - 1);
+  }
+  return 1;
+}
+
 }  // namespace
 
 extern "C" {
@@ -106,7 +120,7 @@ int64_t reslabel_pamr_vector_width() { return kV; }
 int reslabel_pamr_f32(const float* mask, const float* weights, float* out, int64_t B, int64_t Q, int64_t H,
                       int64_t W, int64_t K, const int64_t* dy, const int64_t* dx, int64_t steps, char* err,
                       int64_t errlen) {
-  try {
+  return guarded(err, errlen, [&]() -> int {
     if (B <= 0 || Q <= 0 || H <= 0 || W <= 0 || K <= 0 || steps < 0) {
       std::strncpy(err, "bad sizes", errlen - 1);
       return 1;
@@ -145,13 +159,7 @@ int reslabel_pamr_f32(const float* mask, const float* weights, float* out, int64
       }
     });
     return 0;
-  } catch (const std::exception& e) {
-    std::strncpy(err, e.what(), errlen - 1);
-    return 1;
-  } catch (...) {
-    std::strncpy(err, "unknown C++ exception", errlen - 1);
-    return 1;
-  }
+  });
 }
 
 // Neighbour weights of PAMR (METHODS.md 2.6) from a guide image (B, C, H, W) float32, written as
@@ -161,7 +169,7 @@ int reslabel_pamr_f32(const float* mask, const float* weights, float* out, int64
 // its centre (the order pipeline/pamr_native.taps gives). Returns 0, or 1 with a message in err.
 int reslabel_pamr_weights_f32(const float* image, float* weights, int64_t B, int64_t C, int64_t H, int64_t W,
                               int64_t WR, int64_t nd, const int64_t* dil, char* err, int64_t errlen) {
-  try {
+  return guarded(err, errlen, [&]() -> int {
     if (B <= 0 || C <= 0 || H <= 0 || W <= 0 || nd <= 0 || nd > 32 || WR < W) {
       std::strncpy(err, "bad sizes", errlen - 1);
       return 1;
@@ -220,13 +228,7 @@ int reslabel_pamr_weights_f32(const float* image, float* weights, int64_t B, int
       }
     });
     return 0;
-  } catch (const std::exception& e) {
-    std::strncpy(err, e.what(), errlen - 1);
-    return 1;
-  } catch (...) {
-    std::strncpy(err, "unknown C++ exception", errlen - 1);
-    return 1;
-  }
+  });
 }
 
 }  // extern "C"
