@@ -29,8 +29,8 @@ import torch
 # logits kind -> f(q, k, scale) with q, k (B, h, T, d) -> (B, h, T, T)
 LOGITS: Dict[str, Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]] = {
     "qk": lambda q, k, s: (q * s) @ k.transpose(-1, -2),  # parity: official scales q before the product
-    "qq": lambda q, k, s: (q @ q.transpose(-1, -2)) * s,
-    "kk": lambda q, k, s: (k @ k.transpose(-1, -2)) * s,
+    "qq": lambda q, k, s: (q @ q.transpose(-1, -2)).mul_(s),
+    "kk": lambda q, k, s: (k @ k.transpose(-1, -2)).mul_(s),
 }
 
 
@@ -82,17 +82,22 @@ def list_variants() -> List[str]:
     return [f"{m}/{b}" for m in METHODS for b in BASES]
 
 
-def sfr_mix(logits: torch.Tensor, sfr: torch.Tensor, tau: float, lam: float) -> torch.Tensor:
-    """τ·((1−λ)·logits + λ·Ŝ) with Ŝ (B, 1, T, T) already max-normalised and fp16 (METHODS §2.5 g).
+def sfr_term(sfr: torch.Tensor, tau: float, lam: float, dtype: torch.dtype) -> torch.Tensor:
+    """τ·λ·Ŝ (B, 1, T, T) in ``dtype``, Ŝ already max-normalised and fp16 (METHODS §2.5 g).
 
     parity: λ·Ŝ is computed in float16 like the official code, then promoted to the logits' dtype.
     """
-    return tau * ((1 - lam) * logits + (lam * sfr).to(logits.dtype))
+    return tau * (lam * sfr).to(dtype)
 
 
-def rcs_mix(attn: torch.Tensor, attn_rcs: torch.Tensor, tau: float, lam: float) -> torch.Tensor:
-    """τ·((1−λ)·A + λ·A_rcs); rows then sum to τ (parity: τ = 2 in all configs)."""
-    return tau * ((1 - lam) * attn + lam * attn_rcs)
+def sfr_mix_(logits: torch.Tensor, tau: float, lam: float, bias: torch.Tensor) -> torch.Tensor:
+    """In place: logits ← τ(1−λ)·logits + bias, bias = τλŜ (+ Ω); = τ·((1−λ)·logits + λ·Ŝ) up to rounding."""
+    return logits.mul_(tau * (1 - lam)).add_(bias)
+
+
+def rcs_mix_(attn: torch.Tensor, attn_rcs: torch.Tensor, tau: float, lam: float) -> torch.Tensor:
+    """In place: A ← τ(1−λ)·A + τλ·A_rcs; rows then sum to τ (parity: τ = 2 in all configs)."""
+    return attn.mul_(tau * (1 - lam)).add_(attn_rcs, alpha=tau * lam)
 
 
 def attention_probs(variant: Variant, q: torch.Tensor, k: torch.Tensor, scale: float,
@@ -101,24 +106,31 @@ def attention_probs(variant: Variant, q: torch.Tensor, k: torch.Tensor, scale: f
                     rcs_weights: Tuple[float, float] = (1.0, 0.0)) -> torch.Tensor:
     """Row-stochastic (×τ) last-block attention of ``variant``.
 
+    The (B, h, T, T) logits are changed in place and the per-pair terms shared by every head (τλŜ and Ω,
+    (B, 1, T, T)) are summed once: two passes over the heads' logits instead of five, which matters on
+    whole images (T ≈ 650: 5 M entries per pass). Equal to the step-by-step formula up to float rounding.
+
     Args:
         q, k: (B, h, T, d) per-head queries/keys, T = N + 1 tokens.
         omega: (1, 1, T, T) Gaussian prior (zero [cls] row/column), used if the base has one.
         sfr: (B, 1, T, T) float16 SFR matrix Ŝ/max(Ŝ), or None (no SFR in this pass).
-        attn_rcs: (B, h, T, T) mean attention of the RCS layers, or None.
+        attn_rcs: (B, h, T, T) mean attention of the RCS layers, or None (read only).
     Returns: (B, h, T, T) attention weights.
     """
+    bias = sfr_term(sfr, *sfr_weights, q.dtype) if sfr is not None else None
+    if variant.base.gaussian_prior:
+        bias = omega if bias is None else bias + omega  # (B, 1, T, T)
     probs = None
     for kind in variant.base.logits:
-        logits = LOGITS[kind](q, k, scale)
+        logits = LOGITS[kind](q, k, scale)  # a fresh tensor: safe to change in place
         if sfr is not None:
-            logits = sfr_mix(logits, sfr, *sfr_weights)
-        if variant.base.gaussian_prior:
-            logits = logits + omega
+            sfr_mix_(logits, *sfr_weights, bias)
+        elif bias is not None:
+            logits.add_(bias)
         p = torch.softmax(logits, dim=-1)
-        probs = p if probs is None else probs + p
+        probs = p if probs is None else probs.add_(p)
     if attn_rcs is not None:
-        probs = rcs_mix(probs, attn_rcs, *rcs_weights)
+        rcs_mix_(probs, attn_rcs, *rcs_weights)
     return probs
 
 
