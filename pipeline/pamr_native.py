@@ -192,12 +192,17 @@ def _check(rc: int, err: ctypes.Array, what: str) -> None:
         raise RuntimeError(f"PAMR kernel failed on {what}: {err.value.decode(errors='replace')}")
 
 
+def _row_width(lib: ctypes.CDLL, w: int) -> int:
+    """WR: the width of the kernel's weight rows, ``w`` rounded up to its vector width."""
+    vw = lib.reslabel_pamr_vector_width()
+    return -(-w // vw) * vw
+
+
 def kernel_layout(lib: ctypes.CDLL, weights: torch.Tensor) -> torch.Tensor:
     """Neighbour weights (B, K, H, W) → the kernel's layout (B, H, K, WR), zero past W (WR = W rounded up
     to the kernel's vector width): the K weight rows of one image row lie together."""
     b, k, h, w = weights.shape
-    vw = lib.reslabel_pamr_vector_width()
-    out = torch.zeros(b, h, k, -(-w // vw) * vw, dtype=torch.float32)
+    out = torch.zeros(b, h, k, _row_width(lib, w), dtype=torch.float32)
     out[..., :w] = weights.float().permute(0, 2, 1, 3)
     return out
 
@@ -207,8 +212,7 @@ def affinity(lib: ctypes.CDLL, image: torch.Tensor, dilations: Sequence[int]) ->
     dilation in the order of :func:`taps` with the 8 offsets in raster order; the same quantity as
     :func:`pipeline.pamr.pamr_affinity` (equal to a few float32 ulps)."""
     b, c, h, w = image.shape
-    vw = lib.reslabel_pamr_vector_width()
-    out = torch.empty(b, h, 8 * len(dilations), -(-w // vw) * vw, dtype=torch.float32)
+    out = torch.empty(b, h, 8 * len(dilations), _row_width(lib, w), dtype=torch.float32)
     src = image.float().contiguous()
     err = ctypes.create_string_buffer(512)
     rc = lib.reslabel_pamr_weights_f32(src.data_ptr(), out.data_ptr(), b, c, h, w, out.shape[-1],
@@ -224,8 +228,7 @@ def iterate(lib: ctypes.CDLL, mask: torch.Tensor, weights: torch.Tensor, steps: 
     Returns (B, Q, H, W)."""
     b, q, h, w = mask.shape
     k = len(dy)
-    vw = lib.reslabel_pamr_vector_width()
-    if tuple(weights.shape) != (b, h, k, -(-w // vw) * vw) or len(dx) != k or not weights.is_contiguous():
+    if tuple(weights.shape) != (b, h, k, _row_width(lib, w)) or len(dx) != k or not weights.is_contiguous():
         raise ValueError(f"PAMR kernel: mask {tuple(mask.shape)}, weights {tuple(weights.shape)}, {k} taps")
     src = mask.float().contiguous()
     out = torch.empty_like(src)
