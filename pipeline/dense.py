@@ -15,9 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.models import Block, VisionParts
-from pipeline.pamr import pamr
 from pipeline.resize import resize_bilinear
-from pipeline.sfr import patch_labels, sfr_matrix
+from pipeline.sfr import preliminary_labels, sfr_matrix
 from pipeline.variants import Variant, attention_probs, gaussian_prior
 
 
@@ -66,13 +65,27 @@ def embed(vp: VisionParts, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, in
     return vp.ln_pre(tokens), grid
 
 
-def _qkv(blk: Block, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-head q, k, v (B, h, T, d) from the block's ``ln_1`` and in-projection."""
+def _project(blk: Block, x: torch.Tensor, parts: str) -> List[Optional[torch.Tensor]]:
+    """Per-head [q, k, v] (B, h, T, d) from the block's ``ln_1`` and in-projection, only those named in
+    ``parts`` (a subset of "qkv"; the others are None): NACLIP's key-key attention never needs q.
+    Each contiguous run of the needed parts is one product with a view of the weight (no copy)."""
     b, t, dim = x.shape
-    qkv = F.linear(blk.ln_1(x), blk.in_proj_weight, blk.in_proj_bias)  # (B, T, 3D)
-    q, k, v = qkv.chunk(3, dim=-1)
-    heads = lambda z: z.reshape(b, t, blk.num_heads, dim // blk.num_heads).transpose(1, 2)  # noqa: E731
-    return heads(q), heads(k), heads(v)
+    z = blk.ln_1(x)
+    out: List[Optional[torch.Tensor]] = [None, None, None]
+    wanted = [name in parts for name in "qkv"]
+    i = 0
+    while i < 3:
+        if not wanted[i]:
+            i += 1
+            continue
+        j = i
+        while j < 3 and wanted[j]:
+            j += 1
+        proj = F.linear(z, blk.in_proj_weight[i * dim:j * dim], blk.in_proj_bias[i * dim:j * dim])  # (B, T, n·D)
+        heads = proj.reshape(b, t, j - i, blk.num_heads, dim // blk.num_heads).permute(2, 0, 3, 1, 4)
+        out[i:j] = list(heads)  # each (B, h, T, d)
+        i = j
+    return out
 
 
 def _attend(blk: Block, attn: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -84,23 +97,26 @@ def _attend(blk: Block, attn: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 def _block_with_attention(blk: Block, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """A standard CLIP block computed explicitly; returns (output (B, T, D), softmax(s·QKᵀ) (B, h, T, T))."""
-    q, k, v = _qkv(blk, x)
+    q, k, v = _project(blk, x, "qkv")
     attn = torch.softmax((q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2), dim=-1)
     x = x + blk.ls_1(_attend(blk, attn, v))
     return x + blk.ls_2(blk.mlp(blk.ln_2(x))), attn
 
 
-def trunk(vp: VisionParts, tokens: torch.Tensor, capture: Sequence[int]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-    """Layers 1..L−1 on tokens (B, T, D); returns the output and the attentions of ``capture`` (1-based)."""
-    maps = []
+def trunk(vp: VisionParts, tokens: torch.Tensor, capture: Sequence[int]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Layers 1..L−1 on tokens (B, T, D); returns the output and the mean attention (B, h, T, T) of the
+    layers in ``capture`` (1-based; None when empty), summed as each layer runs (no stack of all maps;
+    equal to ``torch.stack(maps).mean(0)``, tested bit-equal)."""
+    total, count = None, 0
     x = tokens
     for layer, blk in enumerate(vp.blocks[:-1], start=1):
         if layer in capture:
             x, attn = _block_with_attention(blk, x)
-            maps.append(attn)
+            total = attn if total is None else total.add_(attn)
+            count += 1
         else:
             x = blk.module(x)
-    return x, maps
+    return x, (total.div_(count) if total is not None else None)
 
 
 @functools.lru_cache(maxsize=32)
@@ -108,13 +124,21 @@ def _omega(grid: Tuple[int, int], std: float, dtype: torch.dtype, device: torch.
     return gaussian_prior(grid, std).to(dtype=dtype, device=device)[None, None]  # (1, 1, T, T)
 
 
+def last_block_inputs(vp: VisionParts, x: torch.Tensor, p: DenseParams) -> List[Optional[torch.Tensor]]:
+    """[q, k, v] of the last block for layer-(L−1) tokens (B, T, D): what the variant's attention reads.
+    Computed once per crop and shared by SFR's preliminary and final passes (both start from the same x)."""
+    return _project(vp.blocks[-1], x, "".join(p.variant.base.logits) + "v")
+
+
 def last_block(vp: VisionParts, x: torch.Tensor, p: DenseParams, grid: Tuple[int, int],
-               attn_rcs: Optional[torch.Tensor], sfr: Optional[torch.Tensor]) -> torch.Tensor:
-    """The variant's last block on layer-(L−1) tokens (B, T, D) → (B, T, D)."""
+               attn_rcs: Optional[torch.Tensor], sfr: Optional[torch.Tensor],
+               qkv: Optional[Sequence[Optional[torch.Tensor]]] = None) -> torch.Tensor:
+    """The variant's last block on layer-(L−1) tokens (B, T, D) → (B, T, D); ``qkv`` from
+    :func:`last_block_inputs` of the same ``x`` (computed here when not given)."""
     blk = vp.blocks[-1]
-    q, k, v = _qkv(blk, x)
-    omega = _omega(grid, p.gaussian_std, q.dtype, q.device) if p.variant.base.gaussian_prior else None
-    attn = attention_probs(p.variant, q, k, q.shape[-1] ** -0.5, omega=omega, sfr=sfr, attn_rcs=attn_rcs,
+    q, k, v = qkv if qkv is not None else last_block_inputs(vp, x, p)
+    omega = _omega(grid, p.gaussian_std, v.dtype, v.device) if p.variant.base.gaussian_prior else None
+    attn = attention_probs(p.variant, q, k, v.shape[-1] ** -0.5, omega=omega, sfr=sfr, attn_rcs=attn_rcs,
                            sfr_weights=p.sfr_weights, rcs_weights=p.rcs_weights)
     out = _attend(blk, attn, v)
     if not p.variant.base.keep_residual:
@@ -146,14 +170,13 @@ def cosine_logits(vp: VisionParts, x: torch.Tensor, text: torch.Tensor, grid: Tu
 
 
 def sfr_from_preliminary(vp: VisionParts, x11: torch.Tensor, crops: torch.Tensor, text: torch.Tensor,
-                         p: DenseParams, grid: Tuple[int, int], attn_rcs: Optional[torch.Tensor]) -> torch.Tensor:
+                         p: DenseParams, grid: Tuple[int, int], attn_rcs: Optional[torch.Tensor],
+                         qkv: Optional[Sequence[Optional[torch.Tensor]]] = None) -> torch.Tensor:
     """Preliminary pass → PAMR → probabilities → patch labels → Ŝ/max(Ŝ) as (B, 1, T, T) float16."""
-    size = tuple(crops.shape[-2:])
-    prelim = last_block(vp, x11, p, grid, attn_rcs, None)
-    logits = cosine_logits(vp, prelim, text, grid, size)  # (B, Q, H, W)
-    logits = pamr(crops.float(), logits, p.sfr_pamr_steps, p.sfr_pamr_dilations)  # float32
-    probs = torch.softmax(logits * p.logit_scale, dim=1)
-    labels = patch_labels(probs, p.temp_thd, vp.patch_size)  # (B, hp, wp) on CPU
+    prelim = last_block(vp, x11, p, grid, attn_rcs, None, qkv)
+    logits = cosine_logits(vp, prelim, text, grid, grid)  # (B, Q, hp, wp); upsampled to the crop inside
+    labels = preliminary_labels(crops, logits, p.sfr_pamr_steps, p.sfr_pamr_dilations, p.logit_scale,
+                                p.temp_thd, vp.patch_size)  # (B, hp, wp) on CPU
     s = sfr_matrix(labels, p.gaussian_std, p.delete_same_entity).to(crops.device)  # (B, T, T) fp32
     s = s / s.amax(dim=(1, 2), keepdim=True)  # parity: one global max per crop
     return s.to(torch.float16).unsqueeze(1)  # parity: the official code casts Ŝ to float16, also on CPU
@@ -166,8 +189,8 @@ def crop_logits(vp: VisionParts, crops: torch.Tensor, text: torch.Tensor, p: Den
     ``grid_only`` the logits stay at the patch grid (B, Q, hp, wp)."""
     tokens, grid = embed(vp, crops)
     capture = p.rcs_layers if p.variant.rcs else ()
-    x11, maps = trunk(vp, tokens, capture)
-    attn_rcs = torch.stack(maps).mean(dim=0) if maps else None  # (B, h, T, T)
-    sfr = sfr_from_preliminary(vp, x11, crops, text, p, grid, attn_rcs) if p.variant.sfr else None
-    out = last_block(vp, x11, p, grid, attn_rcs, sfr)
+    x11, attn_rcs = trunk(vp, tokens, capture)  # attn_rcs (B, h, T, T) or None
+    qkv = last_block_inputs(vp, x11, p)
+    sfr = sfr_from_preliminary(vp, x11, crops, text, p, grid, attn_rcs, qkv) if p.variant.sfr else None
+    out = last_block(vp, x11, p, grid, attn_rcs, sfr, qkv)
     return cosine_logits(vp, out, text, grid, grid if grid_only else tuple(crops.shape[-2:])).float()

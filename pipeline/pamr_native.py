@@ -2,10 +2,11 @@
 
 PAMR is the largest cost of ResCLIP after the trunk once the vocabulary is large (10 iterations × 16 taps
 over every query channel at crop resolution). The torch implementation in :mod:`pipeline.pamr` makes 17
-passes over memory per iteration; the kernel makes one, keeps four channels' planes in cache for all
-iterations and reuses each weight load for those four channels. Given the same neighbour weights it
-computes the same sums in the same order (tested bit-equal); its own weights (:func:`affinity`) differ
-from the torch ones by a few float32 ulps, so results agree to ~1e-6.
+passes over memory per iteration; the kernel makes one per block of four channels and reuses each weight
+load for those four channels. Given the same neighbour weights it computes the same sums in the same order
+(tested bit-equal); its own weights (:func:`affinity`) differ from the torch ones by a few float32 ulps, so
+results agree to ~1e-6. :func:`patch_labels` runs ResCLIP's whole preliminary-label chain in it (grid
+logits → upsampling → PAMR → online softmax → temp_thd → patch mode) without materialising (Q, H, W).
 
 Selection, per process, by the environment variable ``RESLABEL_PAMR_KERNEL``:
 
@@ -14,7 +15,10 @@ Selection, per process, by the environment variable ``RESLABEL_PAMR_KERNEL``:
 * ``torch``: never the kernel.
 
 Building needs a C++17 compiler (``$CXX``, else ``c++``/``g++``/``clang++`` on PATH) and torch's headers
-(shipped in the torch wheel); it takes about a second. The shared library goes to
+(shipped in the torch wheel); it takes about two seconds. With an OpenMP build of torch (the Linux wheels)
+it is compiled with ``-fopenmp`` and linked to torch's own ``libgomp``: torch's ``at::parallel_for`` is a
+header template around ``#pragma omp parallel`` there, so without the flag the kernel would run on one
+thread (:func:`threads` reports what it gets). The shared library goes to
 ``$RESLABEL_KERNEL_CACHE`` (default ``~/.cache/reslabel/kernels``) under a name keyed by the source, the
 compiler, torch's version and the CPU's instruction-set flags (it is compiled with ``-march=native``), so
 nodes of a mixed cluster sharing a home directory never load each other's build.
@@ -84,10 +88,20 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
+def torch_uses_openmp() -> bool:
+    """Whether this torch's ATen parallel backend is OpenMP (``AT_PARALLEL_OPENMP`` in ATen/Config.h)."""
+    config = Path(torch.__file__).parent / "include" / "ATen" / "Config.h"
+    try:
+        return "#define AT_PARALLEL_OPENMP 1" in config.read_text()
+    except OSError:
+        return "OpenMP" in torch.__config__.parallel_info()
+
+
 def _command(compiler: str, out: Path) -> list:
     torch_dir = Path(torch.__file__).parent
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    return [*shlex.split(compiler), "-O3", "-march=native", "-ffp-contract=fast", "-std=c++17", "-shared", "-fPIC",
+    omp = ["-fopenmp"] if torch_uses_openmp() else []  # links -lgomp: torch/lib's copy comes first (-L)
+    return [*shlex.split(compiler), *omp, "-O3", "-march=native", "-ffp-contract=fast", "-std=c++17", "-shared", "-fPIC",
             f"-D_GLIBCXX_USE_CXX11_ABI={abi}", f"-I{torch_dir / 'include'}", str(SOURCE), "-o", str(out),
             f"-L{torch_dir / 'lib'}", "-Wl,--no-as-needed", "-ltorch_cpu", "-lc10",
             f"-Wl,-rpath,{torch_dir / 'lib'}"]
@@ -137,8 +151,16 @@ def load_kernel(path: Path) -> ctypes.CDLL:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.reslabel_pamr_vector_width.restype = i64
     lib.reslabel_pamr_vector_width.argtypes = []
+    lib.reslabel_pamr_threads.restype = i64
+    lib.reslabel_pamr_threads.argtypes = []
     lib.reslabel_pamr_f32.restype = ctypes.c_int
     lib.reslabel_pamr_f32.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i64, ptr, ptr, i64, ctypes.c_char_p, i64]
+    lib.reslabel_pamr_labels_f32.restype = ctypes.c_int
+    lib.reslabel_pamr_labels_f32.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, i64, ptr, i64, ptr, ptr, i64,
+                                             ctypes.c_float, ctypes.c_float, i64, i64, ptr, ptr, ptr,
+                                             ctypes.c_char_p, i64]
+    lib.reslabel_sfr_valid_paths.restype = ctypes.c_int
+    lib.reslabel_sfr_valid_paths.argtypes = [ptr, i64, i64, i64, ptr, ptr, i64, ptr, ctypes.c_char_p, i64]
     lib.reslabel_pamr_weights_f32.restype = ctypes.c_int
     lib.reslabel_pamr_weights_f32.argtypes = [ptr, ptr, i64, i64, i64, i64, i64, i64, ptr, ctypes.c_char_p, i64]
     return lib
@@ -192,8 +214,14 @@ def _check(rc: int, err: ctypes.Array, what: str) -> None:
         raise RuntimeError(f"PAMR kernel failed on {what}: {err.value.decode(errors='replace')}")
 
 
+def threads(lib: ctypes.CDLL) -> int:
+    """How many threads of torch's intra-op pool the kernel's parallel loops actually use (at most
+    ``torch.get_num_threads()``; 1 would mean a build that cannot run in parallel)."""
+    return int(lib.reslabel_pamr_threads())
+
+
 def _row_width(lib: ctypes.CDLL, w: int) -> int:
-    """WR: the width of the kernel's weight rows, ``w`` rounded up to its vector width."""
+    """WR: the width of the kernel's weight rows, ``w`` rounded up to its row unit (a vector multiple)."""
     vw = lib.reslabel_pamr_vector_width()
     return -(-w // vw) * vw
 
@@ -236,4 +264,60 @@ def iterate(lib: ctypes.CDLL, mask: torch.Tensor, weights: torch.Tensor, steps: 
     rc = lib.reslabel_pamr_f32(src.data_ptr(), weights.data_ptr(), out.data_ptr(), b, q, h, w, k, _i64(dy),
                                _i64(dx), steps, err, len(err))
     _check(rc, err, f"mask {tuple(mask.shape)}")
+    return out
+
+
+def patch_labels(lib: ctypes.CDLL, grid: torch.Tensor, ry: torch.Tensor, rx: torch.Tensor, weights: torch.Tensor,
+                 steps: int, dy: Sequence[int], dx: Sequence[int], scale: float, temp_thd: float,
+                 patch: Tuple[int, int], pixels: bool = False):
+    """ResCLIP's preliminary patch labels in one pass per channel block (METHODS.md §2.5 c–e).
+
+    Args:
+        grid: (B, Q, gh, gw) float32 cosine logits at the patch grid.
+        ry, rx: (H, gh) and (W, gw) bilinear resize matrices (:func:`pipeline.resize.bilinear_matrix`).
+        weights: (B, H, K, WR) neighbour weights from :func:`affinity` of the (B, 3, H, W) guide.
+        steps, dy, dx: PAMR iterations and taps (:func:`taps`).
+        scale: the softmax's logit scale; temp_thd: top probabilities below it give label 0.
+        patch: (ph, pw) patch size in pixels.
+        pixels: also return the per-pixel top probability (B, H, W) float32 and query (B, H, W) int32.
+    Returns: labels (B, H // ph, W // pw) int64: the most frequent pixel label of each patch, ties to the
+        smallest (the CPU rule of ``torch.mode``); with ``pixels``, (labels, top probability, query).
+    """
+    b, q, gh, gw = grid.shape
+    h, w = ry.shape[0], rx.shape[0]
+    k = len(dy)
+    if ry.shape != (h, gh) or rx.shape != (w, gw) or tuple(weights.shape) != (b, h, k, _row_width(lib, w)) \
+            or len(dx) != k or not weights.is_contiguous():
+        raise ValueError(f"PAMR labels kernel: grid {tuple(grid.shape)}, resize {tuple(ry.shape)}/{tuple(rx.shape)}, "
+                         f"weights {tuple(weights.shape)}, {k} taps")
+    ph, pw = patch
+    src = grid.float().contiguous()
+    ry, rx = ry.float().contiguous(), rx.float().contiguous()
+    labels = torch.empty(b, h // ph, w // pw, dtype=torch.int64)
+    top = torch.empty(b, h, w, dtype=torch.float32) if pixels else None
+    arg = torch.empty(b, h, w, dtype=torch.int32) if pixels else None
+    err = ctypes.create_string_buffer(512)
+    rc = lib.reslabel_pamr_labels_f32(src.data_ptr(), b, q, gh, gw, ry.data_ptr(), rx.data_ptr(), h, w,
+                                      weights.data_ptr(), k, _i64(dy), _i64(dx), steps, scale, temp_thd, ph, pw,
+                                      labels.data_ptr(), top.data_ptr() if pixels else None,
+                                      arg.data_ptr() if pixels else None, err, len(err))
+    _check(rc, err, f"grid {tuple(grid.shape)} → {h}x{w}")
+    return (labels, top, arg) if pixels else labels
+
+
+def valid_paths(lib: ctypes.CDLL, labels: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """SFR's path validity (B, N, N) bool for patch labels (B, hp, wp), with the probe tables ``rows``
+    (hp, hp, K) and ``cols`` (wp, wp, K) of :func:`pipeline.sfr._axis_probes`; each pair's probes are
+    walked until the first foreign one."""
+    b, hp, wp = labels.shape
+    k = rows.shape[-1]
+    if tuple(rows.shape) != (hp, hp, k) or tuple(cols.shape) != (wp, wp, k):
+        raise ValueError(f"SFR paths kernel: labels {tuple(labels.shape)}, probes {tuple(rows.shape)}/{tuple(cols.shape)}")
+    flat = labels.reshape(b, hp * wp).to(torch.int64).contiguous()
+    rows, cols = rows.to(torch.int64).contiguous(), cols.to(torch.int64).contiguous()
+    out = torch.empty(b, hp * wp, hp * wp, dtype=torch.bool)
+    err = ctypes.create_string_buffer(512)
+    rc = lib.reslabel_sfr_valid_paths(flat.data_ptr(), b, hp, wp, rows.data_ptr(), cols.data_ptr(), k,
+                                      out.data_ptr(), err, len(err))
+    _check(rc, err, f"labels {tuple(labels.shape)}")
     return out

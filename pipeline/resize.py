@@ -34,4 +34,7 @@ def resize_bilinear(x: torch.Tensor, size: Tuple[int, int], rows: Optional[slice
     rx = bilinear_matrix(w, size[1]).to(x.device, x.dtype)  # (W, w)
     if rows is not None:
         ry = ry[rows]
-    return ry @ x @ rx.T  # (..., H, h) @ (..., h, w) @ (w, W) → (..., H, W)
+    out_h, out_w = ry.shape[0], rx.shape[0]
+    if h * w * out_w + out_h * h * out_w < out_h * h * w + out_h * w * out_w:  # fewer multiply-adds along x first
+        return ry @ (x @ rx.T)  # (H, h) @ ((..., h, w) @ (w, W)) → (..., H, W)
+    return (ry @ x) @ rx.T  # ((H, h) @ (..., h, w)) @ (w, W) → (..., H, W)

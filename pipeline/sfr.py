@@ -6,11 +6,14 @@ of the ResCLIP repository, including their quirks (marked ``parity:``).
 from __future__ import annotations
 
 import functools
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from pipeline import pamr_native
+from pipeline.pamr import _OFFSETS, native_kernel, pamr
+from pipeline.resize import bilinear_matrix, resize_bilinear
 
 
 def patch_labels(probs: torch.Tensor, temp_thd: float, patch: Tuple[int, int]) -> torch.Tensor:
@@ -29,6 +32,37 @@ def patch_labels(probs: torch.Tensor, temp_thd: float, patch: Tuple[int, int]) -
     blocks = pred.unfold(1, ph, ph).unfold(2, pw, pw)  # (B, hp, wp, ph, pw)
     blocks = blocks.reshape(*blocks.shape[:3], ph * pw)  # (B, hp, wp, ph*pw)
     return torch.mode(blocks, dim=-1).values
+
+
+def preliminary_labels(image: torch.Tensor, grid_logits: torch.Tensor, steps: int, dilations: Tuple[int, ...],
+                       logit_scale: float, temp_thd: float, patch: Tuple[int, int],
+                       native: Optional[bool] = None) -> torch.Tensor:
+    """SFR's patch labels from the preliminary pass (METHODS.md §2.5 d–e), on CPU in one fused kernel.
+
+    The grid logits are upsampled bilinearly (align_corners=False) to the guide's size, refined by PAMR
+    (``steps`` iterations, ``dilations``) guided by ``image``, soft-maxed over queries with ``logit_scale``,
+    thresholded at ``temp_thd`` and voted per patch (:func:`patch_labels`). With the CPU kernel the
+    (B, Q, H, W) intermediates never exist (the softmax is kept online per pixel); elsewhere (GPU, or
+    ``RESLABEL_PAMR_KERNEL=torch``) the same steps run as torch ops. Both give the same labels except at
+    near-ties (probabilities equal to ~1e-6; tested).
+
+    Args:
+        image: (B, 3, H, W) normalised crops (the network's input), any float dtype.
+        grid_logits: (B, Q, hp, wp) float32 cosine logits at the patch grid.
+        native: as for :func:`pipeline.pamr.pamr`.
+    Returns: (B, H // ph, W // pw) int64 query labels on CPU.
+    """
+    size = tuple(image.shape[-2:])
+    lib = native_kernel(grid_logits.device, native)
+    if lib is None:
+        logits = pamr(image.float(), resize_bilinear(grid_logits.float(), size), steps, dilations, native=False)
+        probs = torch.softmax(logits * logit_scale, dim=1)
+        return patch_labels(probs, temp_thd, patch)
+    gh, gw = grid_logits.shape[-2:]
+    dy, dx = pamr_native.taps(dilations, _OFFSETS)
+    weights = pamr_native.affinity(lib, image.float(), dilations)
+    return pamr_native.patch_labels(lib, grid_logits, bilinear_matrix(gh, size[0]), bilinear_matrix(gw, size[1]),
+                                    weights, steps, dy, dx, logit_scale, temp_thd, patch)
 
 
 @functools.lru_cache(maxsize=32)
@@ -54,12 +88,13 @@ def chebyshev(grid: Tuple[int, int]) -> torch.Tensor:
     return torch.maximum((r[:, None] - r[None]).abs(), (c[:, None] - c[None]).abs())
 
 
-def valid_paths(labels: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+def valid_paths(labels: torch.Tensor, grid: Tuple[int, int], native: Optional[bool] = None) -> torch.Tensor:
     """V (B, N, N) bool: every probe on the (partial) segment from i towards j carries label L_i.
 
     parity: probes are t_k = k / D_max for k ≤ D_ij only, so only the first D_ij/D_max of the segment
-    is inspected (METHODS §2.5 f2). Computed one step k at a time over all pairs: O(K·N²) work and
-    O(N²) memory, with the probe coordinates separable per axis.
+    is inspected (METHODS §2.5 f2). The CPU kernel (``native`` as for :func:`pipeline.pamr.pamr`) walks each
+    pair's probes until the first foreign one; the torch code computes one step k at a time over all pairs:
+    O(K·N²) work and O(N²) memory, with the probe coordinates separable per axis. Equal (tested).
     """
     hp, wp = grid
     b, n = labels.shape[0], hp * wp
@@ -69,6 +104,9 @@ def valid_paths(labels: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
     if d_max == 0:
         return valid
     rows, cols = _axis_probes(hp, d_max), _axis_probes(wp, d_max)  # (hp, hp, K), (wp, wp, K)
+    lib = native_kernel(labels.device, native)
+    if lib is not None:
+        return pamr_native.valid_paths(lib, labels.reshape(b, hp, wp), rows, cols)
     dist = chebyshev(grid)
     start = flat.unsqueeze(2)  # (B, N, 1) label of i
     for k in range(1, d_max + 1):  # k = 0 probes i itself

@@ -100,7 +100,7 @@ def rcs_mix_(attn: torch.Tensor, attn_rcs: torch.Tensor, tau: float, lam: float)
     return attn.mul_(tau * (1 - lam)).add_(attn_rcs, alpha=tau * lam)
 
 
-def attention_probs(variant: Variant, q: torch.Tensor, k: torch.Tensor, scale: float,
+def attention_probs(variant: Variant, q: Optional[torch.Tensor], k: Optional[torch.Tensor], scale: float,
                     omega: Optional[torch.Tensor] = None, sfr: Optional[torch.Tensor] = None,
                     attn_rcs: Optional[torch.Tensor] = None, sfr_weights: Tuple[float, float] = (1.0, 0.0),
                     rcs_weights: Tuple[float, float] = (1.0, 0.0)) -> torch.Tensor:
@@ -111,13 +111,15 @@ def attention_probs(variant: Variant, q: torch.Tensor, k: torch.Tensor, scale: f
     whole images (T ≈ 650: 5 M entries per pass). Equal to the step-by-step formula up to float rounding.
 
     Args:
-        q, k: (B, h, T, d) per-head queries/keys, T = N + 1 tokens.
+        q, k: (B, h, T, d) per-head queries/keys, T = N + 1 tokens (either may be None where the base's
+            logits do not read it).
         omega: (1, 1, T, T) Gaussian prior (zero [cls] row/column), used if the base has one.
         sfr: (B, 1, T, T) float16 SFR matrix Ŝ/max(Ŝ), or None (no SFR in this pass).
         attn_rcs: (B, h, T, T) mean attention of the RCS layers, or None (read only).
     Returns: (B, h, T, T) attention weights.
     """
-    bias = sfr_term(sfr, *sfr_weights, q.dtype) if sfr is not None else None
+    dtype = (q if q is not None else k).dtype
+    bias = sfr_term(sfr, *sfr_weights, dtype) if sfr is not None else None
     if variant.base.gaussian_prior:
         bias = omega if bias is None else bias + omega  # (B, 1, T, T)
     probs = None

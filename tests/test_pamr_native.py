@@ -137,3 +137,94 @@ def test_without_a_compiler_auto_falls_back_and_native_refuses(tmp_path):
     proc = _run(code, {**env, native.ENV_MODE: "native"})
     assert proc.returncode != 0
     assert "KernelBuildError" in proc.stderr and "no-such-compiler" in proc.stderr
+
+
+@needs_compiler
+def test_kernel_runs_on_all_of_torchs_threads():
+    """at::parallel_for is an OpenMP header template in torch's Linux wheels: a build without -fopenmp runs
+    serially (found on this project: one thread while torch had two)."""
+    lib = native.required_kernel()
+    assert native.threads(lib) == torch.get_num_threads()
+
+
+def _near_tie_patches(probs: torch.Tensor, temp_thd: float, patch, eps: float = 1e-5) -> torch.Tensor:
+    """(B, hp, wp) bool: patches holding a pixel whose top-2 probabilities or top probability vs temp_thd
+    are within eps (where float rounding order may decide the label)."""
+    top2 = probs.topk(min(2, probs.shape[1]), dim=1).values
+    tie = (top2[:, 0] - temp_thd).abs() < eps  # (B, H, W)
+    if probs.shape[1] > 1:
+        tie |= (top2[:, 0] - top2[:, 1]) < eps
+    ph, pw = patch
+    b, h, w = tie.shape
+    tie = tie[:, : h // ph * ph, : w // pw * pw].reshape(b, h // ph, ph, w // pw, pw)
+    return tie.any(dim=4).any(dim=2)
+
+
+# (B, Q, H, W, logit scale, temp_thd): crop and whole-image grids, a width that is no multiple of the row
+# unit, a side below one patch multiple (trailing pixels dropped), one query, a threshold no pixel reaches.
+FUSED_CASES = [
+    (1, 150, 224, 224, 40.0, 0.1),
+    (2, 7, 224, 224, 40.0, 0.2),
+    (1, 9, 336, 500, 40.0, 0.0),
+    (3, 5, 48, 83, 40.0, 0.25),
+    (1, 1, 32, 32, 40.0, 0.5),
+    (1, 4, 64, 64, 1.0, 1.0),
+]
+
+
+@needs_compiler
+@pytest.mark.parametrize("b,q,h,w,scale,thd", FUSED_CASES)
+def test_fused_preliminary_labels_equal_torch_chain(b, q, h, w, scale, thd):
+    """grid → upsampling → PAMR → softmax → temp_thd → patch mode in one kernel == the torch ops."""
+    from pipeline.resize import bilinear_matrix, resize_bilinear
+    from pipeline.sfr import patch_labels, preliminary_labels
+
+    g = torch.Generator().manual_seed(q * h + w)
+    img = torch.randn(b, 3, h, w, generator=g)
+    grid = torch.randn(b, q, h // 16, w // 16, generator=g) * 0.2  # cosine-logit range
+    probs = torch.softmax(pamr(img, resize_bilinear(grid, (h, w)), 10, native=False) * scale, dim=1)
+    ref = patch_labels(probs, thd, (16, 16))
+    lib = native.required_kernel()
+    dy, dx = native.taps((8, 16), _OFFSETS)
+    labels, top, arg = native.patch_labels(lib, grid, bilinear_matrix(h // 16, h), bilinear_matrix(w // 16, w),
+                                           native.affinity(lib, img, (8, 16)), 10, dy, dx, scale, thd, (16, 16),
+                                           pixels=True)
+    assert labels.shape == ref.shape == (b, h // 16, w // 16) and labels.dtype == torch.int64
+    maxp, pred = probs.max(dim=1)
+    torch.testing.assert_close(top, maxp, atol=2e-6, rtol=1e-5)
+    margin = probs.topk(min(2, q), dim=1).values
+    clear = (margin[:, 0] - margin[:, -1]) > 1e-5 if q > 1 else torch.ones_like(maxp, dtype=torch.bool)
+    assert torch.equal(arg.long()[clear], pred[clear])
+    differ = labels != ref
+    assert not (differ & ~_near_tie_patches(probs, thd, (16, 16))).any()
+    assert differ.float().mean() < 0.02
+    if thd >= 1.0:
+        assert (labels == 0).all()
+    assert torch.equal(preliminary_labels(img, grid, 10, (8, 16), scale, thd, (16, 16), native=True), labels)
+    assert torch.equal(preliminary_labels(img, grid, 10, (8, 16), scale, thd, (16, 16), native=False), ref)
+
+
+@needs_compiler
+def test_fused_labels_refuse_mismatched_shapes():
+    from pipeline.resize import bilinear_matrix
+
+    lib = native.required_kernel()
+    img, grid = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 2, 2)
+    dy, dx = native.taps((8, 16), _OFFSETS)
+    with pytest.raises(ValueError, match="PAMR labels kernel"):
+        native.patch_labels(lib, grid, bilinear_matrix(2, 32), bilinear_matrix(3, 32),
+                            native.affinity(lib, img, (8, 16)), 10, dy, dx, 40.0, 0.1, (16, 16))
+
+
+@needs_compiler
+@pytest.mark.parametrize("grid,classes", [((14, 14), 3), ((21, 31), 5), ((21, 31), 1), ((1, 9), 2), ((7, 5), 3),
+                                          ((16, 16), 40)])
+def test_valid_paths_kernel_equals_torch(grid, classes):
+    from pipeline.sfr import sfr_matrix, valid_paths
+
+    g = torch.Generator().manual_seed(grid[0] * grid[1] + classes)
+    coarse = torch.randint(0, classes, (2, 1, (grid[0] + 2) // 3, (grid[1] + 2) // 3), generator=g).float()
+    labels = torch.nn.functional.interpolate(coarse, size=grid, mode="nearest")[:, 0].long()  # blobs: long paths
+    labels[1] = torch.randint(0, classes, grid, generator=g)  # and speckle
+    assert torch.equal(valid_paths(labels, grid, native=True), valid_paths(labels, grid, native=False))
+    assert torch.equal(sfr_matrix(labels, 5.0), sfr_matrix(labels, 5.0))

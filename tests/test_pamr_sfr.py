@@ -102,11 +102,12 @@ def _reference_valid(labels, grid):
     return out
 
 
+@pytest.mark.parametrize("native", [False, None])  # the torch code, and the CPU kernel where it builds
 @pytest.mark.parametrize("grid", [(5, 7), (7, 5), (1, 9), (6, 6)])
-def test_path_check_matches_per_pair_reference(grid):
+def test_path_check_matches_per_pair_reference(grid, native):
     torch.manual_seed(sum(grid))
     labels = torch.randint(0, 3, (1, *grid))
-    assert torch.equal(valid_paths(labels, grid)[0], _reference_valid(labels[0], grid))
+    assert torch.equal(valid_paths(labels, grid, native=native)[0], _reference_valid(labels[0], grid))
 
 
 def test_smoothing_kernel():

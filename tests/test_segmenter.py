@@ -49,6 +49,39 @@ def test_vanilla_path_equals_open_clip_tokens(seg):
     torch.testing.assert_close(ours[:, 1:], ref_tokens, atol=2e-5, rtol=1e-5)
 
 
+def test_trunk_rcs_mean_and_shared_projections(seg):
+    """The RCS mean is summed as layers run (== stack + mean of the captured maps, bit for bit); the last
+    block's q/k/v subsets are slices of the full in-projection; sharing them between SFR's two passes
+    changes nothing."""
+    from pipeline.dense import _block_with_attention, _project, last_block, last_block_inputs
+
+    vp = seg.vision
+    tokens, grid = embed(vp, torch.randn(2, 3, 224, 240))
+    x11, mean = trunk(vp, tokens, capture=(6, 7, 8, 9))
+    maps, x = [], tokens
+    with torch.no_grad():
+        for layer, blk in enumerate(vp.blocks[:-1], start=1):
+            if layer in (6, 7, 8, 9):
+                x, attn = _block_with_attention(blk, x)
+                maps.append(attn)
+            else:
+                x = blk.module(x)
+        assert torch.equal(x11, x) and torch.equal(mean, torch.stack(maps).mean(dim=0))
+        assert trunk(vp, tokens, capture=())[1] is None
+        q, k, v = _project(vp.blocks[-1], x11, "qkv")
+        for parts in ("k", "kv", "qv", "q"):
+            got = _project(vp.blocks[-1], x11, parts)
+            for name, full, part in zip("qkv", (q, k, v), got):
+                assert (part is None) == (name not in parts)
+                if part is not None:
+                    torch.testing.assert_close(part, full, atol=1e-6, rtol=1e-6)
+        p = dataclasses.replace(seg.dense_params, variant=get_variant("resclip", "naclip"))
+        qkv = last_block_inputs(vp, x11, p)
+        assert qkv[0] is None  # NACLIP's key-key attention never reads q
+        torch.testing.assert_close(last_block(vp, x11, p, grid, mean, None, qkv), last_block(vp, x11, p, grid, mean, None),
+                                   atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("name", list_variants())
 def test_every_variant_runs(seg, name):
     method, base = name.split("/")

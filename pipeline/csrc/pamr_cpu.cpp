@@ -1,17 +1,30 @@
 // Fused PAMR iterations on the CPU (see pipeline/pamr.py for the definition and the torch reference).
 //
 // One call runs `steps` iterations of  M(p) <- sum_n w_n(p) * M(p + o_n)  (replicate padding) for a block
-// of up to four channels at a time, with every iteration of a block done before the next block starts, so
-// the block's two ping-pong planes stay in the core's L2 cache.  The taps are summed in the caller's order,
-// starting from w_0 * M(p + o_0) and adding w_n * M(p + o_n) with fused multiply-adds, which is what the
-// torch reference's `mul` + `addcmul_` chain computes.  Work is spread over torch's own intra-op thread pool
-// (at::parallel_for), so torch.set_num_threads() governs it and no second thread pool is started.
+// of up to four channels at a time, with every iteration of a block done before the next block starts.
+// The taps are summed in the caller's order, starting from w_0 * M(p + o_0) and adding w_n * M(p + o_n)
+// with fused multiply-adds, which is what the torch reference's `mul` + `addcmul_` chain computes.  Each
+// weight load serves the block's four channels, and two vectors along x are computed together, so eight
+// independent accumulators hide the FMA latency.  Vectors are the machine's native width (8 floats with
+// AVX2, 16 with AVX-512: emulated 64-byte vectors on AVX2 measured 4x slower).
+//
+// ResCLIP's preliminary labels (METHODS.md 2.5 c-e) have their own entry point that fuses the whole chain
+// per channel block: grid logits -> bilinear upsampling into the padded planes -> PAMR -> an online
+// softmax over the queries (running max, argmax, sum of exp) -> temp_thd -> the mode of each patch.  The
+// (Q, H, W) intermediates never exist.
+//
+// Work is spread over torch's own intra-op thread pool (at::parallel_for), so torch.set_num_threads()
+// governs it and no second thread pool is started.  With an OpenMP build of torch, at::parallel_for is a
+// header template around `#pragma omp parallel`: this file must then be compiled with -fopenmp and linked
+// against torch's own libgomp, or it silently runs on one thread (pipeline/pamr_native.py does both, and
+// reslabel_pamr_threads() lets a test check it).
 //
 // Built at first use by pipeline/pamr_native.py with the machine's C++ compiler and loaded with ctypes;
 // the C ABI below takes raw pointers to contiguous float32 buffers.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -19,79 +32,232 @@
 #include <exception>
 #include <memory>
 #include <new>
+#include <type_traits>
 #include <vector>
 
 namespace {
 
-constexpr int64_t kV = 16;  // floats per vector
+#if defined(__AVX512F__)
+constexpr int64_t kV = 16;  // floats per native vector
+#else
+constexpr int64_t kV = 8;  // AVX2 (and the width GCC lowers well elsewhere)
+#endif
+constexpr int XU = 2;            // vectors along x computed together
+constexpr int64_t kRow = kV * XU;  // computed row width WR is a multiple of this
+constexpr int64_t CB = 4;        // channels per block
 typedef float vf __attribute__((vector_size(kV * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(kV * sizeof(int32_t))));
 
 inline vf load(const float* p) { vf v; std::memcpy(&v, p, sizeof(vf)); return v; }
 inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof(vf)); }
 
 struct Geometry {
   int64_t H, W;   // plane size
-  int64_t WR;     // computed row width: W rounded up to kV
-  int64_t m;      // padding: the largest |offset|
-  int64_t S;      // row stride of a padded plane
-  int64_t P;      // floats per padded plane ((H + 2m) * S)
+  int64_t WR;     // computed row width: W rounded up to kRow
+  int64_t m;      // the largest |offset|: horizontal frame width and the wavefront's skew (see run_block)
+  int64_t S;      // row stride, frames included
+  int64_t R;      // rows kept per level: 2m + 1
+  int64_t P;      // floats between two rings: R * S, staggered (see make_geometry)
 };
 
-// Replicate the interior (rows m..m+H-1, columns m..m+W-1) of a padded plane into its frame.
-void fill_frame(float* p, const Geometry& g) {
-  for (int64_t y = g.m; y < g.m + g.H; ++y) {
-    float* r = p + y * g.S;
-    std::fill(r, r + g.m, r[g.m]);
-    std::fill(r + g.m + g.W, r + g.S, r[g.m + g.W - 1]);
-  }
-  for (int64_t y = 0; y < g.m; ++y) std::memcpy(p + y * g.S, p + g.m * g.S, g.S * sizeof(float));
-  for (int64_t y = g.m + g.H; y < g.H + 2 * g.m; ++y)
-    std::memcpy(p + y * g.S, p + (g.m + g.H - 1) * g.S, g.S * sizeof(float));
+// Geometry for taps of at most `m` pixels.  Rings are spaced by a multiple of 4 KiB plus 320 bytes, so the
+// same pixel of different channels does not map to the same L1 set (measured ~15% faster).
+Geometry make_geometry(int64_t H, int64_t W, int64_t m) {
+  Geometry g;
+  g.H = H;
+  g.W = W;
+  g.WR = (W + kRow - 1) / kRow * kRow;
+  g.m = m;
+  g.S = (g.WR + 2 * m + kV + kV - 1) / kV * kV;
+  g.R = 2 * m + 1;
+  g.P = (g.R * g.S + 1023) / 1024 * 1024 + 80;
+  return g;
 }
 
-// `steps` iterations of CB channels. w: (H, K, WR) neighbour weights of one image, zero past W.
-// A holds the current planes (frames valid); returns the array holding the result (A or B).
-template <int CB>
-float** run_block(float** A, float** B, const float* w, int64_t K, const int64_t* off, int64_t steps,
-                  const Geometry& g) {
-  for (int64_t s = 0; s < steps; ++s) {
-    for (int64_t y = 0; y < g.H; ++y) {
-      const float* wy = w + y * K * g.WR;
-      const int64_t row = (y + g.m) * g.S + g.m;
-      for (int64_t x = 0; x < g.WR; x += kV) {
-        const int64_t base = row + x;
-        vf acc[CB];
-        vf wv = load(wy + x);
-        for (int c = 0; c < CB; ++c) acc[c] = wv * load(A[c] + base + off[0]);
-        for (int64_t k = 1; k < K; ++k) {
-          wv = load(wy + k * g.WR + x);
-          for (int c = 0; c < CB; ++c) acc[c] += wv * load(A[c] + base + off[k]);
+int64_t max_offset(int64_t K, const int64_t* dy, const int64_t* dx) {
+  int64_t m = 0;
+  for (int64_t k = 0; k < K; ++k) m = std::max({m, std::abs(dy[k]), std::abs(dx[k])});
+  return m;
+}
+
+// Replicate the ends of one row (interior at p[0..W-1]) into its frames p[-m..-1] and p[W..S-m-1]; this
+// also overwrites the columns W..WR-1 that the vector loop computed.
+inline void fill_row_frame(float* p, const Geometry& g) {
+  std::fill(p - g.m, p, p[0]);
+  std::fill(p + g.W, p + g.S - g.m, p[g.W - 1]);
+}
+
+// `steps` PAMR iterations of NC channels as one wavefront over rows.  Level 0 is the input, level t the
+// t-th iteration; level t keeps only its last R = 2m + 1 rows in a ring.  At time tau, level t computes row
+// tau - t*m: every row it reads from level t-1 (rows r - m .. r + m, clamped: the replicate padding) was
+// computed at this time step or earlier and is still in that level's ring.  So each weight row is used by
+// all iterations while it is in cache, and the live data is (steps + 1) rings of R rows per channel
+// instead of whole planes (whole planes and weights of large images streamed from memory every iteration).
+// The sum of one output is the same chain of FMAs in the same tap order as before (and as the torch path).
+// fill(c, y, row) writes input row y of channel c (W floats); sink(c, y, row) reads result row y.
+template <int NC, typename Fill, typename Sink>
+void run_block(float* buf, const Geometry& g, const float* w, int64_t K, const int64_t* dy, const int64_t* dx,
+               int64_t steps, Fill&& fill, Sink&& sink) {
+  const int64_t m = g.m, P = g.P;
+  auto row = [&](int64_t t, int64_t r) { return buf + (t * NC) * P + (r % g.R) * g.S + m; };  // channel 0
+  std::vector<const float*> src(K);
+  for (int64_t tau = 0; tau < g.H + steps * m; ++tau) {
+    for (int64_t t = 0; t <= steps; ++t) {
+      const int64_t r = tau - t * m;
+      if (r < 0 || r >= g.H) continue;
+      float* out = row(t, r);
+      if (t == 0) {
+        for (int c = 0; c < NC; ++c) fill(c, r, out + c * P);
+      } else {
+        for (int64_t k = 0; k < K; ++k)
+          src[k] = row(t - 1, std::min(std::max(r + dy[k], int64_t(0)), g.H - 1)) + dx[k];
+        const float* wy = w + r * K * g.WR;
+        for (int64_t x = 0; x < g.WR; x += kRow) {
+          vf acc[NC][XU];
+          for (int u = 0; u < XU; ++u) {
+            const vf wv = load(wy + x + u * kV);
+            for (int c = 0; c < NC; ++c) acc[c][u] = wv * load(src[0] + c * P + x + u * kV);
+          }
+          for (int64_t k = 1; k < K; ++k) {
+            const float* wk = wy + k * g.WR + x;
+            const float* s = src[k] + x;
+            vf wv[XU];
+            for (int u = 0; u < XU; ++u) wv[u] = load(wk + u * kV);
+            for (int c = 0; c < NC; ++c)
+              for (int u = 0; u < XU; ++u) acc[c][u] += wv[u] * load(s + c * P + u * kV);
+          }
+          for (int c = 0; c < NC; ++c)
+            for (int u = 0; u < XU; ++u) store(out + c * P + x + u * kV, acc[c][u]);
         }
-        for (int c = 0; c < CB; ++c) store(B[c] + base, acc[c]);
       }
+      for (int c = 0; c < NC; ++c) fill_row_frame(out + c * P, g);
+      if (t == steps)
+        for (int c = 0; c < NC; ++c) sink(c, r, out + c * P);
     }
-    for (int c = 0; c < CB; ++c) fill_frame(B[c], g);  // also overwrites the columns W..WR-1 computed above
-    std::swap(A, B);
   }
-  return A;
 }
 
-template <int CB>
-void channels(const float* mask, float* out, const float* w, int64_t K, const int64_t* off, int64_t steps,
-              const Geometry& g, float* buf) {
-  float* A[CB];
-  float* B[CB];
-  for (int c = 0; c < CB; ++c) {
-    A[c] = buf + (2 * c) * g.P;
-    B[c] = buf + (2 * c + 1) * g.P;
-    for (int64_t y = 0; y < g.H; ++y)
-      std::memcpy(A[c] + (y + g.m) * g.S + g.m, mask + (c * g.H + y) * g.W, g.W * sizeof(float));
-    fill_frame(A[c], g);
+// ---- vector helpers ---------------------------------------------------------------------------------
+
+inline vi loadi(const int32_t* p) { vi v; std::memcpy(&v, p, sizeof(vi)); return v; }
+inline void storei(int32_t* p, vi v) { std::memcpy(p, &v, sizeof(vi)); }
+inline vf splat(float x) { return vf{} + x; }
+
+// exp(x) per lane (Cephes' expf: 2^n times a degree-6 polynomial; ~1 ulp on [-87.3, 88.4], inputs
+// clamped to that range, so exp(-inf) gives ~1e-38 instead of 0, which no sum of ones can see).
+inline vf vexp(vf x) {
+  x = x < splat(-87.33654f) ? splat(-87.33654f) : x;
+  x = x > splat(88.37626f) ? splat(88.37626f) : x;
+  const vf fx = x * 1.44269504088896341f + 0.5f;
+  vi n = __builtin_convertvector(fx, vi);  // truncation; floor below
+  n = n + (__builtin_convertvector(n, vf) > fx);  // a comparison is -1 where true
+  const vf nf = __builtin_convertvector(n, vf);
+  x = x - nf * 0.693359375f + nf * 2.12194440e-4f;
+  const vf z = x * x;
+  vf y = splat(1.9875691500e-4f);
+  y = y * x + 1.3981999507e-3f;
+  y = y * x + 8.3334519073e-3f;
+  y = y * x + 4.1665795894e-2f;
+  y = y * x + 1.6666665459e-1f;
+  y = y * x + 5.0000001201e-1f;
+  y = y * z + x + 1.0f;
+  vi bits = (n + 127) << 23;
+  vf scale;
+  std::memcpy(&scale, &bits, sizeof(vf));
+  return y * scale;
+}
+
+// ---- block driver -------------------------------------------------------------------------------------
+
+// Calls f(std::integral_constant<int, NC>{}) for the block's channel count nc in 1..CB.
+template <typename F>
+void with_count(int64_t nc, F&& f) {
+  switch (nc) {
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    default: f(std::integral_constant<int, 1>{}); break;
   }
-  float** R = run_block<CB>(A, B, w, K, off, steps, g);
-  for (int c = 0; c < CB; ++c)
-    for (int64_t y = 0; y < g.H; ++y)
-      std::memcpy(out + (c * g.H + y) * g.W, R[c] + (y + g.m) * g.S + g.m, g.W * sizeof(float));
+}
+
+struct Buffer {  // 64-byte aligned, zeroed floats
+  std::unique_ptr<float, void (*)(void*)> p{nullptr, &std::free};
+  explicit Buffer(int64_t n) {
+    const size_t bytes = ((n * sizeof(float) + 63) / 64) * 64;
+    p.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
+    if (!p) throw std::bad_alloc();
+    std::memset(p.get(), 0, bytes);
+  }
+  float* get() const { return p.get(); }
+};
+
+// Sparse rows of a resize matrix (out, in): the nonzero (column, weight) pairs of each row, in column order.
+struct SparseRows {
+  std::vector<int64_t> start, col;
+  std::vector<float> val;
+  SparseRows(const float* m, int64_t rows, int64_t cols) {
+    start.push_back(0);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < cols; ++c)
+        if (m[r * cols + c] != 0.f) {
+          col.push_back(c);
+          val.push_back(m[r * cols + c]);
+        }
+      start.push_back(static_cast<int64_t>(col.size()));
+    }
+  }
+};
+
+// Per-pixel state of the online softmax over queries (rows of stride WR): running max of scale * logit,
+// sum of exp(x - max), and the first query that reached the max.
+struct Online {
+  std::vector<float> m, s;
+  std::vector<int32_t> a;
+  explicit Online(int64_t n) : m(n, -INFINITY), s(n, 0.f), a(n, 0) {}
+};
+
+// Folds row y of channel `q` into the state: one exp per value, exp(-|x - max|).  Reads WR values (the
+// columns past W are frame copies, finite, and their state is never read).
+void fold(Online& st, const float* row, int64_t y, int32_t q, float scale, const Geometry& g) {
+  const vi qv = vi{} + q;
+  float* m = st.m.data() + y * g.WR;
+  float* s = st.s.data() + y * g.WR;
+  int32_t* a = st.a.data() + y * g.WR;
+  for (int64_t x = 0; x < g.WR; x += kV) {
+    const vf v = load(row + x) * scale;
+    const vf mo = load(m + x), so = load(s + x);
+    const vf d = v - mo;
+    const vi up = d > splat(0.f);
+    const vf e = vexp(up ? -d : d);
+    store(s + x, up ? so * e + 1.0f : so + e);
+    store(m + x, up ? v : mo);
+    storei(a + x, up ? qv : loadi(a + x));
+  }
+}
+
+// into <- into (+) later, `later` holding queries after those of `into` (ties keep the earlier query).
+void merge(Online& into, const Online& later) {
+  for (size_t i = 0; i < into.m.size(); ++i) {
+    const float m1 = into.m[i], m2 = later.m[i];
+    if (m2 > m1) {
+      into.s[i] = into.s[i] * std::exp(m1 - m2) + later.s[i];
+      into.m[i] = m2;
+      into.a[i] = later.a[i];
+    } else {
+      into.s[i] += later.s[i] * std::exp(m2 - m1);
+    }
+  }
+}
+
+// Splits items [0, n) into at most at::get_num_threads() contiguous slices and runs body(slice, i0, i1)
+// for each on torch's intra-op pool; returns the number of slices.
+template <typename Body>
+int64_t sliced(int64_t n, Body&& body) {
+  const int64_t T = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n));
+  at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) body(t, n * t / T, n * (t + 1) / T);
+  });
+  return T;
 }
 
 // Runs body() and turns a C++ exception into return code 1 with its message in err (errlen bytes):
@@ -108,11 +274,28 @@ int guarded(char* err, int64_t errlen, Body&& body) {
   return 1;
 }
 
+int fail(char* err, int64_t errlen, const char* what) {
+  std::strncpy(err, what, errlen - 1);
+  return 1;
+}
+
 }  // namespace
 
 extern "C" {
 
-int64_t reslabel_pamr_vector_width() { return kV; }
+int64_t reslabel_pamr_vector_width() { return kRow; }
+
+// How many distinct threads of torch's intra-op pool at::parallel_for used here (1 means the kernel was
+// built without the OpenMP flag an OpenMP build of torch needs, and runs serially).
+int64_t reslabel_pamr_threads() {
+  std::vector<std::atomic<int>> seen(256);
+  at::parallel_for(0, 1024, 1, [&](int64_t, int64_t) {
+    seen[std::min<int64_t>(at::get_thread_num(), 255)] = 1;
+  });
+  int64_t n = 0;
+  for (auto& s : seen) n += s.load();
+  return n;
+}
 
 // mask, out: (B, Q, H, W) float32 contiguous. weights: (B, H, K, WR) float32 contiguous, WR = W rounded
 // up to reslabel_pamr_vector_width(), zero-filled past W. dy, dx: the K tap offsets in pixels, in the order
@@ -121,40 +304,150 @@ int reslabel_pamr_f32(const float* mask, const float* weights, float* out, int64
                       int64_t W, int64_t K, const int64_t* dy, const int64_t* dx, int64_t steps, char* err,
                       int64_t errlen) {
   return guarded(err, errlen, [&]() -> int {
-    if (B <= 0 || Q <= 0 || H <= 0 || W <= 0 || K <= 0 || steps < 0) {
-      std::strncpy(err, "bad sizes", errlen - 1);
-      return 1;
-    }
-    Geometry g;
-    g.H = H;
-    g.W = W;
-    g.WR = (W + kV - 1) / kV * kV;
-    g.m = 0;
-    for (int64_t k = 0; k < K; ++k) g.m = std::max({g.m, std::abs(dy[k]), std::abs(dx[k])});
-    g.S = g.WR + 2 * g.m + kV;
-    g.S = (g.S + kV - 1) / kV * kV;
-    g.P = (H + 2 * g.m) * g.S;
-    std::vector<int64_t> off(K);
-    for (int64_t k = 0; k < K; ++k) off[k] = dy[k] * g.S + dx[k];
-    constexpr int64_t CB = 4;
-    const int64_t blocks = (Q + CB - 1) / CB;
-    const int64_t plane = H * W;
-    at::parallel_for(0, B * blocks, 1, [&](int64_t i0, int64_t i1) {
-      const size_t bytes = ((2 * CB * g.P * sizeof(float) + 63) / 64) * 64;
-      float* buf = static_cast<float*>(std::aligned_alloc(64, bytes));
-      if (buf == nullptr) throw std::bad_alloc();
-      std::unique_ptr<float, void (*)(void*)> owner(buf, &std::free);
-      std::memset(buf, 0, bytes);
+    if (B <= 0 || Q <= 0 || H <= 0 || W <= 0 || K <= 0 || steps < 0) return fail(err, errlen, "bad sizes");
+    const Geometry g = make_geometry(H, W, max_offset(K, dy, dx));
+    const int64_t blocks = (Q + CB - 1) / CB, plane = H * W;
+    sliced(B * blocks, [&](int64_t, int64_t i0, int64_t i1) {
+      Buffer buf((steps + 1) * CB * g.P);
       for (int64_t i = i0; i < i1; ++i) {
-        const int64_t b = i / blocks, c0 = (i % blocks) * CB, nc = std::min(CB, Q - c0);
-        const float* w = weights + b * H * K * g.WR;
+        const int64_t b = i / blocks, c0 = (i % blocks) * CB;
         const float* src = mask + (b * Q + c0) * plane;
         float* dst = out + (b * Q + c0) * plane;
-        switch (nc) {
-          case 4: channels<4>(src, dst, w, K, off.data(), steps, g, buf); break;
-          case 3: channels<3>(src, dst, w, K, off.data(), steps, g, buf); break;
-          case 2: channels<2>(src, dst, w, K, off.data(), steps, g, buf); break;
-          default: channels<1>(src, dst, w, K, off.data(), steps, g, buf); break;
+        with_count(std::min(CB, Q - c0), [&](auto nc) {
+          run_block<decltype(nc)::value>(buf.get(), g, weights + b * H * K * g.WR, K, dy, dx, steps,
+            [&](int c, int64_t y, float* p) { std::memcpy(p, src + (c * H + y) * W, W * sizeof(float)); },
+            [&](int c, int64_t y, const float* p) { std::memcpy(dst + (c * H + y) * W, p, W * sizeof(float)); });
+        });
+      }
+    });
+    return 0;
+  });
+}
+
+// ResCLIP's preliminary patch labels (METHODS.md 2.5 c-e) from grid logits, fused per channel block:
+// grid (B, Q, gh, gw) float32 -> bilinear resize to (H, W) with the matrices ry (H, gh) and rx (W, gw)
+// (M = ry . (G . rx^T), the nonzeros of each row summed in column order) -> `steps` PAMR iterations with
+// weights (B, H, K, WR) and taps dy/dx as in reslabel_pamr_f32 -> per pixel softmax over the Q queries of
+// scale * logits, kept online (running max, first argmax, sum of exp) -> label = argmax, or 0 where the
+// top probability 1 / sum < thd -> labels (B, H / ph, W / pw) int64: the most frequent label of each
+// ph x pw patch (ties: the smallest label; trailing partial patches dropped).
+// maxprob (B, H, W) float32 and argmax (B, H, W) int32 receive the per-pixel top probability and query
+// when not null.  Returns 0, or 1 with a message in err.
+int reslabel_pamr_labels_f32(const float* grid, int64_t B, int64_t Q, int64_t gh, int64_t gw, const float* ry,
+                             const float* rx, int64_t H, int64_t W, const float* weights, int64_t K,
+                             const int64_t* dy, const int64_t* dx, int64_t steps, float scale, float thd,
+                             int64_t ph, int64_t pw, int64_t* labels, float* maxprob, int32_t* argmax,
+                             char* err, int64_t errlen) {
+  return guarded(err, errlen, [&]() -> int {
+    if (B <= 0 || Q <= 0 || gh <= 0 || gw <= 0 || H <= 0 || W <= 0 || K <= 0 || steps < 0 || ph <= 0 ||
+        pw <= 0 || Q > INT32_MAX)
+      return fail(err, errlen, "bad sizes");
+    const Geometry g = make_geometry(H, W, max_offset(K, dy, dx));
+    const SparseRows sy(ry, H, gh), sx(rx, W, gw);
+    const int64_t blocks = (Q + CB - 1) / CB, n = H * g.WR;
+    // states[t][b]: slice t's online softmax over its queries of image b (null where it had none)
+    std::vector<std::vector<std::unique_ptr<Online>>> states;
+    const int64_t T = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B * blocks));
+    states.resize(T);
+    for (auto& s : states) s.resize(B);
+    sliced(B * blocks, [&](int64_t t, int64_t i0, int64_t i1) {
+      Buffer buf((steps + 1) * CB * g.P);
+      std::vector<float> u(CB * gh * W);  // G . rx^T of the block's channels: the grid rows resized along x
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t b = i / blocks, c0 = (i % blocks) * CB;
+        if (!states[t][b]) states[t][b].reset(new Online(n));
+        Online& st = *states[t][b];
+        with_count(std::min(CB, Q - c0), [&](auto nc) {
+          constexpr int NC = decltype(nc)::value;
+          for (int c = 0; c < NC; ++c) {
+            const float* G = grid + ((b * Q + c0 + c) * gh) * gw;
+            float* uc = u.data() + c * gh * W;
+            for (int64_t r = 0; r < gh; ++r)
+              for (int64_t x = 0; x < W; ++x) {
+                float v = 0.f;
+                for (int64_t e = sx.start[x]; e < sx.start[x + 1]; ++e) v += G[r * gw + sx.col[e]] * sx.val[e];
+                uc[r * W + x] = v;
+              }
+          }
+          run_block<NC>(buf.get(), g, weights + b * H * K * g.WR, K, dy, dx, steps,
+            [&](int c, int64_t y, float* dst) {  // then along y: a few axpys of whole rows
+              std::fill(dst, dst + W, 0.f);
+              for (int64_t e = sy.start[y]; e < sy.start[y + 1]; ++e) {
+                const float a = sy.val[e];
+                const float* ur = u.data() + (c * gh + sy.col[e]) * W;
+                for (int64_t x = 0; x < W; ++x) dst[x] += a * ur[x];
+              }
+            },
+            [&](int c, int64_t y, const float* p) { fold(st, p, y, static_cast<int32_t>(c0 + c), scale, g); });
+        });
+      }
+    });
+    const int64_t hp = H / ph, wp = W / pw;
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<int32_t> lab(H * W);
+      std::vector<int32_t> count(Q, 0);
+      for (int64_t b = b0; b < b1; ++b) {
+        Online* st = nullptr;
+        for (int64_t t = 0; t < T; ++t) {
+          if (!states[t][b]) continue;
+          if (st == nullptr) st = states[t][b].get();
+          else merge(*st, *states[t][b]);
+        }
+        for (int64_t y = 0; y < H; ++y)
+          for (int64_t x = 0; x < W; ++x) {
+            const float top = 1.0f / st->s[y * g.WR + x];
+            const int32_t q = st->a[y * g.WR + x];
+            lab[y * W + x] = top < thd ? 0 : q;
+            if (maxprob) maxprob[(b * H + y) * W + x] = top;
+            if (argmax) argmax[(b * H + y) * W + x] = q;
+          }
+        for (int64_t r = 0; r < hp; ++r)
+          for (int64_t c = 0; c < wp; ++c) {
+            for (int64_t y = r * ph; y < (r + 1) * ph; ++y)
+              for (int64_t x = c * pw; x < (c + 1) * pw; ++x) ++count[lab[y * W + x]];
+            int32_t best = 0;
+            for (int64_t y = r * ph; y < (r + 1) * ph; ++y)  // only labels present; ties -> smallest
+              for (int64_t x = c * pw; x < (c + 1) * pw; ++x) {
+                const int32_t l = lab[y * W + x];
+                if (count[l] > count[best] || (count[l] == count[best] && l < best)) best = l;
+              }
+            labels[(b * hp + r) * wp + c] = best;
+            for (int64_t y = r * ph; y < (r + 1) * ph; ++y)
+              for (int64_t x = c * pw; x < (c + 1) * pw; ++x) count[lab[y * W + x]] = 0;
+          }
+      }
+    });
+    return 0;
+  });
+}
+
+// SFR's path validity (METHODS.md 2.5 f2) for patch labels (B, N) int64 on an hp x wp grid: valid[b, i, j]
+// = 1 when the probes k = 1..D_ij (D = Chebyshev distance) of the partial segment from i towards j all carry
+// label L_i.  Probe coordinates come from the caller's tables rows (hp, hp, K1) and cols (wp, wp, K1),
+// K1 = D_max + 1, so the rounding is exactly the caller's.  A path stops at its first foreign probe.
+int reslabel_sfr_valid_paths(const int64_t* labels, int64_t B, int64_t hp, int64_t wp, const int64_t* rows,
+                             const int64_t* cols, int64_t K1, uint8_t* valid, char* err, int64_t errlen) {
+  return guarded(err, errlen, [&]() -> int {
+    if (B <= 0 || hp <= 0 || wp <= 0 || K1 < std::max(hp, wp)) return fail(err, errlen, "bad sizes");
+    const int64_t N = hp * wp;
+    at::parallel_for(0, B * N, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t b = r / N, i = r % N, ri = i / wp, ci = i % wp;
+        const int64_t* L = labels + b * N;
+        const int64_t li = L[i];
+        uint8_t* out = valid + r * N;
+        for (int64_t j = 0; j < N; ++j) {
+          const int64_t rj = j / wp, cj = j % wp;
+          const int64_t d = std::max(std::abs(ri - rj), std::abs(ci - cj));
+          const int64_t* pr = rows + (ri * hp + rj) * K1;
+          const int64_t* pc = cols + (ci * wp + cj) * K1;
+          uint8_t ok = 1;
+          for (int64_t k = 1; k <= d; ++k)
+            if (L[pr[k] * wp + pc[k]] != li) {
+              ok = 0;
+              break;
+            }
+          out[j] = ok;
         }
       }
     });
