@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
+import platform
 import os
 import pathlib
 import zipfile
@@ -263,6 +265,29 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+log = logging.getLogger(__name__)
+
+
+def slow_cpu_dtype(device: torch.device, dtype: str) -> Optional[str]:
+    """Why half-precision weights will run slowly on this CPU, or None (GPU, fp32, or native support).
+
+    bf16/fp16 matrix products are fast on x86 CPUs only with AVX512-BF16 or AMX; elsewhere torch falls back
+    to a scalar path. Measured on an AVX2-only AMD EPYC (2 cores): bf16 2048³ matmul 0.3 GFLOP/s vs
+    174 fp32, the ViT-B/16 trunk 2.2 s per 224 crop vs 0.24 s.
+    """
+    if device.type != "cpu" or dtype == "fp32" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    cpu = getattr(torch, "cpu", None)
+    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if any(c is None for c in checks):
+        return None  # this torch cannot tell
+    if any(c() for c in checks):
+        return None
+    return (f"dtype {dtype} on a CPU without AVX512-BF16 or AMX: torch runs half-precision matmuls on a slow "
+            f"fallback here (measured ~9x slower than fp32 for the ViT-B/16 trunk); use fp32 on this CPU, "
+            f"bf16/fp16 on a GPU or a CPU with AVX512-BF16/AMX")
+
+
 def build_model(mc: ModelConfig) -> Tuple[nn.Module, str]:
     """Create the CLIP of ``mc`` on its device and dtype, eval mode. Returns (model, weights digest)."""
     import open_clip
@@ -291,7 +316,11 @@ def build_model(mc: ModelConfig) -> Tuple[nn.Module, str]:
         acts = {type(b.mlp.gelu).__name__ for b in model.visual.transformer.resblocks if hasattr(b.mlp, "gelu")}
         if acts != {"QuickGELU"}:
             raise ConfigError(f"expected QuickGELU activations for OpenAI-format weights, found {acts}")
-    model = model.to(device=resolve_device(mc.device), dtype=TORCH_DTYPES[mc.dtype]).eval()
+    device = resolve_device(mc.device)
+    slow = slow_cpu_dtype(device, mc.dtype)
+    if slow:
+        log.warning("%s", slow)
+    model = model.to(device=device, dtype=TORCH_DTYPES[mc.dtype]).eval()
     model.requires_grad_(False)
     return model, digest
 
@@ -309,4 +338,4 @@ def arch_display_name(arch: str) -> str:
 
 __all__ = ["VisionParts", "Block", "vision_parts", "resolve_arch", "fetch_weights", "weights_digest",
            "load_state_dict", "check_state_dict", "build_model", "tokenizer_for", "WeightsError",
-           "TORCH_DTYPES", "resolve_device", "arch_display_name"]
+           "TORCH_DTYPES", "resolve_device", "arch_display_name", "slow_cpu_dtype"]
