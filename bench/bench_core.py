@@ -2,7 +2,8 @@
 
 Random ViT-B/16 weights (timings do not depend on the values). Writes JSON (``--out``) with machine
 info; ``--markdown`` prints the README table. Ratios are measured side by side in one run: report
-medians, never compare absolute numbers across machines or runs.
+medians, never compare absolute numbers across machines or runs. The variants write their (B, Q, H, W)
+logits into one reused buffer, as ``Segmenter`` does.
 
     .venv/bin/python bench/bench_core.py --out bench/results/core.json --markdown
 """
@@ -40,7 +41,9 @@ def machine_info() -> Dict[str, object]:
     return {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "pamr_kernel_cpu": "native" if pamr_native.kernel() is not None else "torch"}
+            "pamr_kernel_cpu": "native" if pamr_native.kernel() is not None else "torch",
+            "pamr_kernel_threads": pamr_native.threads(pamr_native.kernel()) if pamr_native.kernel() is not None else None,
+            "cpu_flags": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in pamr_native._cpu_flags().split()]}
 
 
 def run(arch: str, queries: List[int], dtypes: List[str], batches: List[int], size: tuple, repeats: int,
@@ -65,11 +68,12 @@ def run(arch: str, queries: List[int], dtypes: List[str], batches: List[int], si
                     sync()
                 base = _median_time(trunk, repeats) / b
                 rows.append(dict(dtype=dtype, queries=q, batch=b, size=list(size), variant="trunk", s_per_crop=base, ratio=1.0))
+                out = torch.empty(b, q, *size, device=dev)  # reused, as Segmenter._run does
                 for name in variants:
                     p = DenseParams(get_variant(*name.split("/")), temp_thd=0.1)
 
                     def method():
-                        crop_logits(vp, x, text, p)
+                        crop_logits(vp, x, text, p, out=out)
                         sync()
                     t = _median_time(method, repeats) / b
                     rows.append(dict(dtype=dtype, queries=q, batch=b, size=list(size), variant=name, s_per_crop=t, ratio=t / base))

@@ -148,8 +148,9 @@ def last_block(vp: VisionParts, x: torch.Tensor, p: DenseParams, grid: Tuple[int
 
 
 def cosine_logits(vp: VisionParts, x: torch.Tensor, text: torch.Tensor, grid: Tuple[int, int],
-                  size: Tuple[int, int]) -> torch.Tensor:
-    """Last-block tokens (B, T, D) → cosine logits (B, Q, H, W) float32, upsampled (bilinear) to ``size``.
+                  size: Tuple[int, int], out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Last-block tokens (B, T, D) → cosine logits (B, Q, H, W) float32, upsampled (bilinear) to ``size``
+    (written into ``out`` when given: see :func:`pipeline.resize.resize_bilinear`).
 
     Always float32: with bf16/fp16 weights the tokens are cast up and ln_post, proj and the text embeddings
     are used in float32 (one small (T, D)·(D, E) product). On random ViT-B/16 weights this cuts the
@@ -166,7 +167,7 @@ def cosine_logits(vp: VisionParts, x: torch.Tensor, text: torch.Tensor, grid: Tu
     logits = feats @ text.float().T  # (B, N, Q)
     b, n, q = logits.shape
     logits = logits.transpose(1, 2).reshape(b, q, grid[0], grid[1])  # (B, Q, hp, wp)
-    return resize_bilinear(logits, size)  # == F.interpolate(bilinear, align_corners=False) to ~5e-7
+    return resize_bilinear(logits, size, out=out)  # == F.interpolate(bilinear, align_corners=False) to ~5e-7
 
 
 def sfr_from_preliminary(vp: VisionParts, x11: torch.Tensor, crops: torch.Tensor, text: torch.Tensor,
@@ -184,13 +185,14 @@ def sfr_from_preliminary(vp: VisionParts, x11: torch.Tensor, crops: torch.Tensor
 
 @torch.no_grad()
 def crop_logits(vp: VisionParts, crops: torch.Tensor, text: torch.Tensor, p: DenseParams,
-                grid_only: bool = False) -> torch.Tensor:
+                grid_only: bool = False, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Per-query cosine logits (B, Q, H, W) for normalised crops (B, 3, H, W) of one size; with
-    ``grid_only`` the logits stay at the patch grid (B, Q, hp, wp)."""
+    ``grid_only`` the logits stay at the patch grid (B, Q, hp, wp). ``out``: a (B, Q, H, W) float32 buffer
+    on the model's device to write the result into (the segmenter reuses one per crop shape)."""
     tokens, grid = embed(vp, crops)
     capture = p.rcs_layers if p.variant.rcs else ()
     x11, attn_rcs = trunk(vp, tokens, capture)  # attn_rcs (B, h, T, T) or None
     qkv = last_block_inputs(vp, x11, p)
     sfr = sfr_from_preliminary(vp, x11, crops, text, p, grid, attn_rcs, qkv) if p.variant.sfr else None
-    out = last_block(vp, x11, p, grid, attn_rcs, sfr, qkv)
-    return cosine_logits(vp, out, text, grid, grid if grid_only else tuple(crops.shape[-2:])).float()
+    tokens_out = last_block(vp, x11, p, grid, attn_rcs, sfr, qkv)
+    return cosine_logits(vp, tokens_out, text, grid, grid if grid_only else tuple(crops.shape[-2:]), out=out)

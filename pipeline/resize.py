@@ -25,16 +25,21 @@ def bilinear_matrix(in_size: int, out_size: int) -> torch.Tensor:
     return out[0, :, :, 0].T.contiguous()  # (out, in)
 
 
-def resize_bilinear(x: torch.Tensor, size: Tuple[int, int], rows: Optional[slice] = None) -> torch.Tensor:
-    """x (..., h, w) → (..., H, W) bilinear (align_corners=False); only output ``rows`` if given."""
+def resize_bilinear(x: torch.Tensor, size: Tuple[int, int], rows: Optional[slice] = None,
+                    out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x (..., h, w) → (..., H, W) bilinear (align_corners=False); only output ``rows`` if given.
+
+    ``out``: a contiguous (..., H, W) tensor to write into (a reused buffer: large fresh outputs cost more in
+    page faults than in arithmetic, e.g. 44 vs 13 ms for (4, 150, 224, 224) on this project's CPU).
+    """
     h, w = x.shape[-2:]
     if (h, w) == tuple(size) and rows is None:
-        return x
+        return x if out is None else out.copy_(x)
     ry = bilinear_matrix(h, size[0]).to(x.device, x.dtype)  # (H, h)
     rx = bilinear_matrix(w, size[1]).to(x.device, x.dtype)  # (W, w)
     if rows is not None:
         ry = ry[rows]
     out_h, out_w = ry.shape[0], rx.shape[0]
     if h * w * out_w + out_h * h * out_w < out_h * h * w + out_h * w * out_w:  # fewer multiply-adds along x first
-        return ry @ (x @ rx.T)  # (H, h) @ ((..., h, w) @ (w, W)) → (..., H, W)
-    return (ry @ x) @ rx.T  # ((H, h) @ (..., h, w)) @ (w, W) → (..., H, W)
+        return torch.matmul(ry, x @ rx.T, out=out)  # (H, h) @ ((..., h, w) @ (w, W)) → (..., H, W)
+    return torch.matmul(ry @ x, rx.T, out=out)  # ((H, h) @ (..., h, w)) @ (w, W) → (..., H, W)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -53,6 +54,7 @@ class Segmenter:
                                         c.delete_same_entity, c.logit_scale)
         self.post_params = PostParams(c.logit_scale, c.prob_thd, c.area_thd, vocabulary.query_to_class,
                                       vocabulary.num_classes)
+        self._local = threading.local()  # per calling thread: .out, the output buffer of _run
         if self.device.type == "cpu" and (self.dense_params.variant.sfr or c.pamr_steps > 0):
             pamr_native.kernel()  # build or load the fused PAMR kernel now, not inside the first batch
 
@@ -86,16 +88,30 @@ class Segmenter:
                     config_hash=config_hash, code_version=CODE_VERSION)
 
     # ---- dense logits -------------------------------------------------------------------------
+    def _buffer(self, shape: Tuple[int, ...]) -> torch.Tensor:
+        """The reused (B, Q, h, w) float32 output buffer of ``_run`` (one shape kept: a whole-image batch at
+        150 queries is ~100 MB, and fresh memory of that size costs more in page faults than the
+        upsampling's arithmetic). One per calling thread, so threads sharing a segmenter never share it."""
+        buf = getattr(self._local, "out", None)
+        if buf is None or tuple(buf.shape) != shape:
+            self._local.out = None  # free the old one first
+            buf = self._local.out = torch.empty(shape, dtype=torch.float32, device=self.device)
+        return buf
+
     def _run(self, crops: torch.Tensor) -> torch.Tensor:
-        """Crops (B, 3, h, w) normalised → logits (B, Q, h, w) float32 on CPU, padding if configured."""
+        """Crops (B, 3, h, w) normalised → logits (B, Q, h, w) float32 on CPU, padding if configured.
+
+        On CPU the result is a view of a buffer that the next call overwrites: consume it first."""
         h, w = crops.shape[-2:]
         ph, pw = self.vision.patch_size
         if self.config.pad_to_patch and (h % ph or w % pw):
             dh, dw = (-h) % ph, (-w) % pw  # ClearCLIP: zero-pad, extra pixel at bottom/right
             crops = F.pad(crops, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
-            out = crop_logits(self.vision, crops.to(self.device, self.dtype), self._text, self.dense_params)
-            return out[..., dh // 2: dh // 2 + h, dw // 2: dw // 2 + w].cpu()
-        return crop_logits(self.vision, crops.to(self.device, self.dtype), self._text, self.dense_params).cpu()
+        buf = self._buffer((crops.shape[0], self.vocabulary.num_queries) + tuple(crops.shape[-2:]))
+        out = crop_logits(self.vision, crops.to(self.device, self.dtype), self._text, self.dense_params, out=buf)
+        if self.config.pad_to_patch and (h % ph or w % pw):
+            out = out[..., dh // 2: dh // 2 + h, dw // 2: dw // 2 + w]
+        return out.cpu()
 
     def _dense_many(self, images: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """Normalised images, each (3, H, W) → averaged logits, each (Q, H, W); crops batched across images."""

@@ -42,6 +42,7 @@ class LogitAccumulator:
         self.count[:, y1:y2, x1:x2] += 1
 
     def average(self) -> torch.Tensor:
+        """The per-pixel mean (Q, H, W), computed in place: the accumulator is spent afterwards."""
         if bool((self.count == 0).any()):
             raise RuntimeError("sliding windows left pixels uncovered")
-        return self.sum / self.count
+        return self.sum.div_(self.count)
