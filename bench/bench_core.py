@@ -2,8 +2,9 @@
 
 Random ViT-B/16 weights (timings do not depend on the values). Writes JSON (``--out``) with machine
 info; ``--markdown`` prints the README table. Ratios are measured side by side in one run: report
-medians, never compare absolute numbers across machines or runs. The variants write their (B, Q, H, W)
-logits into one reused buffer, as ``Segmenter`` does.
+medians, never compare absolute numbers across machines or runs. The trunk and the variants are timed
+round-robin (one call of each per round), so load changes on a shared machine hit all of them alike. The
+variants write their (B, Q, H, W) logits into one reused buffer, as ``Segmenter`` does.
 
     .venv/bin/python bench/bench_core.py --out bench/results/core.json --markdown
 """
@@ -27,14 +28,18 @@ from pipeline.variants import get_variant
 VARIANTS = ["none/vanilla", "none/sclip", "none/clearclip", "none/naclip", "rcs/naclip", "sfr/naclip", "resclip/naclip"]
 
 
-def _median_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+def _interleaved_medians(fns: Dict[str, Callable[[], object]], repeats: int) -> Dict[str, float]:
+    """Median seconds of each function, timed round-robin (one call of each per round) so that a change in
+    the machine's load during the run hits every function alike; one warm-up round first."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def machine_info() -> Dict[str, object]:
@@ -66,17 +71,21 @@ def run(arch: str, queries: List[int], dtypes: List[str], batches: List[int], si
                             tokens = blk.module(tokens)
                         vp.ln_post(tokens) @ vp.proj
                     sync()
-                base = _median_time(trunk, repeats) / b
-                rows.append(dict(dtype=dtype, queries=q, batch=b, size=list(size), variant="trunk", s_per_crop=base, ratio=1.0))
-                out = torch.empty(b, q, *size, device=dev)  # reused, as Segmenter._run does
-                for name in variants:
-                    p = DenseParams(get_variant(*name.split("/")), temp_thd=0.1)
 
-                    def method():
+                out = torch.empty(b, q, *size, device=dev)  # reused, as Segmenter._run does
+
+                def method(p: DenseParams) -> Callable[[], None]:
+                    def run() -> None:
                         crop_logits(vp, x, text, p, out=out)
                         sync()
-                    t = _median_time(method, repeats) / b
-                    rows.append(dict(dtype=dtype, queries=q, batch=b, size=list(size), variant=name, s_per_crop=t, ratio=t / base))
+                    return run
+
+                fns: Dict[str, Callable[[], object]] = {"trunk": trunk}
+                fns.update({name: method(DenseParams(get_variant(*name.split("/")), temp_thd=0.1)) for name in variants})
+                med = _interleaved_medians(fns, repeats)
+                for name, t in med.items():
+                    rows.append(dict(dtype=dtype, queries=q, batch=b, size=list(size), variant=name,
+                                     s_per_crop=t / b, ratio=t / med["trunk"]))
                     print(json.dumps(rows[-1]), flush=True)
     return rows
 

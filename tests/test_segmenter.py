@@ -140,6 +140,29 @@ def test_batched_equals_per_crop(seg):
                                atol=1e-5, rtol=1e-5)
 
 
+def test_reused_output_buffer_is_per_thread(seg):
+    """_run writes into a reused buffer: results must not depend on what ran before, nor on another
+    thread segmenting with the same segmenter at the same time."""
+    import threading
+
+    imgs = _images()
+    alone = [seg.segment([img], return_probs=True)[0] for img in imgs]
+    results = {}
+
+    def work(i):
+        results[i] = [seg.segment([imgs[i]], return_probs=True)[0] for _ in range(2)]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(imgs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, ref in enumerate(alone):  # (a shared buffer would mix images: errors of order 1, not 1e-6)
+        for got in results[i]:
+            np.testing.assert_allclose(got.probs, ref.probs, atol=1e-5)
+            assert (got.labels == ref.labels).mean() > 0.999
+
+
 def test_results_at_original_size(seg):
     img = _images(1)[0]
     r = seg.segment([img], return_probs=True)[0]
