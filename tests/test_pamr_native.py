@@ -38,9 +38,10 @@ def test_kernel_equals_torch(b, q, h, w, msize, dilations, steps):
     img = torch.randn(b, 3, h, w, generator=g)
     mask = torch.randn(b, q, *msize, generator=g) * 3
     lib = native.required_kernel()
-    ref_w = native.kernel_layout(lib, pamr_affinity(img, dilations))  # (B, H, K, WR)
+    ref_w = native.kernel_layout(lib, pamr_affinity(img, dilations))  # (B, H, WR / U, K, U)
     got_w = native.affinity(lib, img, dilations)
-    assert got_w.shape == ref_w.shape and bool((got_w[..., w:] == 0).all())
+    assert got_w.shape == ref_w.shape and bool((native.unpack_layout(got_w)[..., w:] == 0).all())
+    torch.testing.assert_close(native.unpack_layout(ref_w)[..., :w], pamr_affinity(img, dilations), atol=0, rtol=0)
     torch.testing.assert_close(got_w, ref_w, atol=2e-6, rtol=1e-5)
     ref = pamr(img, mask, steps, dilations, native=False)
     got = pamr(img, mask, steps, dilations, native=True)
