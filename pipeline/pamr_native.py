@@ -15,7 +15,7 @@ Selection, per process, by the environment variable ``RESLABEL_PAMR_KERNEL``:
 * ``torch``: never the kernel.
 
 Building needs a C++17 compiler (``$CXX``, else ``c++``/``g++``/``clang++`` on PATH) and torch's headers
-(shipped in the torch wheel); it takes about two seconds. With an OpenMP build of torch (the Linux wheels)
+(shipped in the torch wheel); it takes a few seconds. With an OpenMP build of torch (the Linux wheels)
 it is compiled with ``-fopenmp`` and linked to torch's own ``libgomp``: torch's ``at::parallel_for`` is a
 header template around ``#pragma omp parallel`` there, so without the flag the kernel would run on one
 thread (:func:`threads` reports what it gets). The shared library goes to
