@@ -7,6 +7,7 @@ iterations run in the fused kernel of :mod:`pipeline.pamr_native` when it is ava
 """
 from __future__ import annotations
 
+import ctypes
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -53,7 +54,7 @@ def _iterate(mask: torch.Tensor, weights: torch.Tensor, steps: int, dilations: S
     return mask
 
 
-def native_kernel(device: torch.device, native: Optional[bool]):
+def native_kernel(device: torch.device, native: Optional[bool]) -> Optional[ctypes.CDLL]:
     """The fused CPU kernel to use for tensors on ``device``, or None for the torch code.
 
     ``native``: True requires the kernel (KernelBuildError if it cannot be built), False never uses it, None
@@ -85,7 +86,7 @@ def pamr(image: torch.Tensor, mask: torch.Tensor, steps: int, dilations: Sequenc
     lib = native_kernel(mask.device, native)
     if lib is not None:
         dy, dx = pamr_native.taps(dilations, _OFFSETS)
-        weights = pamr_native.affinity(lib, image, dilations)  # (B, H, P, W rounded up)
+        weights = pamr_native.affinity(lib, image, dilations)  # the kernel's layout (pamr_native.layout_shape)
         return pamr_native.iterate(lib, mask, weights, steps, dy, dx)
     weights = pamr_affinity(image, dilations)  # (B, P, H, W)
     if channels_per_chunk is None:
