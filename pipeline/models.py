@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import platform
 import os
 import pathlib
+import platform
 import zipfile
 from typing import Dict, List, Optional, Tuple
 
@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from pipeline.config import ConfigError, ModelConfig
+
+log = logging.getLogger(__name__)
 
 VISION_ATTRS = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "transformer", "ln_post", "proj",
                 "patch_size", "grid_size")
@@ -263,9 +265,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-log = logging.getLogger(__name__)
 
 
 def slow_cpu_dtype(device: torch.device, dtype: str) -> Optional[str]:

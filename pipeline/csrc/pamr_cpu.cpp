@@ -249,15 +249,16 @@ void merge(Online& into, const Online& later) {
   }
 }
 
-// Splits items [0, n) into at most at::get_num_threads() contiguous slices and runs body(slice, i0, i1)
-// for each on torch's intra-op pool; returns the number of slices.
+// How many contiguous slices items [0, n) are split into: one per thread of torch's intra-op pool, at most n.
+int64_t slice_count(int64_t n) { return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n)); }
+
+// Splits items [0, n) into T = slice_count(n) contiguous slices and runs body(slice, i0, i1) for each on
+// torch's intra-op pool.
 template <typename Body>
-int64_t sliced(int64_t n, Body&& body) {
-  const int64_t T = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n));
+void sliced(int64_t n, int64_t T, Body&& body) {
   at::parallel_for(0, T, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) body(t, n * t / T, n * (t + 1) / T);
   });
-  return T;
 }
 
 // Runs body() and turns a C++ exception into return code 1 with its message in err (errlen bytes):
@@ -308,7 +309,7 @@ int reslabel_pamr_f32(const float* mask, const float* weights, float* out, int64
     if (B <= 0 || Q <= 0 || H <= 0 || W <= 0 || K <= 0 || steps < 0) return fail(err, errlen, "bad sizes");
     const Geometry g = make_geometry(H, W, max_offset(K, dy, dx));
     const int64_t blocks = (Q + CB - 1) / CB, plane = H * W;
-    sliced(B * blocks, [&](int64_t, int64_t i0, int64_t i1) {
+    sliced(B * blocks, slice_count(B * blocks), [&](int64_t, int64_t i0, int64_t i1) {
       Buffer buf((steps + 1) * CB * g.P);
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t b = i / blocks, c0 = (i % blocks) * CB;
@@ -348,10 +349,10 @@ int reslabel_pamr_labels_f32(const float* grid, int64_t B, int64_t Q, int64_t gh
     const int64_t blocks = (Q + CB - 1) / CB, n = H * g.WR;
     // states[t][b]: slice t's online softmax over its queries of image b (null where it had none)
     std::vector<std::vector<std::unique_ptr<Online>>> states;
-    const int64_t T = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B * blocks));
+    const int64_t T = slice_count(B * blocks);
     states.resize(T);
     for (auto& s : states) s.resize(B);
-    sliced(B * blocks, [&](int64_t t, int64_t i0, int64_t i1) {
+    sliced(B * blocks, T, [&](int64_t t, int64_t i0, int64_t i1) {
       Buffer buf((steps + 1) * CB * g.P);
       std::vector<float> u(CB * gh * W);  // G . rx^T of the block's channels: the grid rows resized along x
       for (int64_t i = i0; i < i1; ++i) {
