@@ -161,6 +161,8 @@ def load_kernel(path: Path) -> ctypes.CDLL:
                                              ctypes.c_char_p, i64]
     lib.reslabel_sfr_valid_paths.restype = ctypes.c_int
     lib.reslabel_sfr_valid_paths.argtypes = [ptr, i64, i64, i64, ptr, ptr, i64, ptr, ctypes.c_char_p, i64]
+    lib.reslabel_resize_f32.restype = ctypes.c_int
+    lib.reslabel_resize_f32.argtypes = [ptr, i64, i64, i64, ptr, i64, ptr, i64, ptr, ctypes.c_char_p, i64]
     lib.reslabel_pamr_weights_f32.restype = ctypes.c_int
     lib.reslabel_pamr_weights_f32.argtypes = [ptr, ptr, i64, i64, i64, i64, i64, i64, ptr, ctypes.c_char_p, i64]
     return lib
@@ -318,6 +320,29 @@ def patch_labels(lib: ctypes.CDLL, grid: torch.Tensor, ry: torch.Tensor, rx: tor
                                       arg.data_ptr() if pixels else None, err, len(err))
     _check(rc, err, f"grid {tuple(grid.shape)} → {h}x{w}")
     return (labels, top, arg) if pixels else labels
+
+
+def resize(lib: ctypes.CDLL, x: torch.Tensor, ry: torch.Tensor, rx: torch.Tensor,
+           out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """ry · x · rxᵀ for x (..., h, w) float32 on CPU with resize matrices ry (H, h) and rx (W, w), only their
+    nonzeros (:func:`pipeline.resize.resize_bilinear`'s CPU path). ``out``: a contiguous (..., H, W) float32
+    tensor to write into. Returns (..., H, W)."""
+    h, w = x.shape[-2:]
+    big_h, big_w = ry.shape[0], rx.shape[0]
+    shape = (*x.shape[:-2], big_h, big_w)
+    if ry.shape != (big_h, h) or rx.shape != (big_w, w) or (out is not None and (
+            tuple(out.shape) != shape or out.dtype != torch.float32 or not out.is_contiguous())):
+        raise ValueError(f"resize kernel: x {tuple(x.shape)}, resize {tuple(ry.shape)}/{tuple(rx.shape)}, "
+                         f"out {None if out is None else tuple(out.shape)}")
+    src = x.float().contiguous()
+    ry, rx = ry.float().contiguous(), rx.float().contiguous()
+    out = torch.empty(shape, dtype=torch.float32) if out is None else out
+    n = src.numel() // (h * w)
+    err = ctypes.create_string_buffer(512)
+    rc = lib.reslabel_resize_f32(src.data_ptr(), n, h, w, ry.data_ptr(), big_h, rx.data_ptr(), big_w,
+                                 out.data_ptr(), err, len(err))
+    _check(rc, err, f"x {tuple(x.shape)} → {big_h}x{big_w}")
+    return out
 
 
 def valid_paths(lib: ctypes.CDLL, labels: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

@@ -55,7 +55,8 @@ def preliminary_labels(image: torch.Tensor, grid_logits: torch.Tensor, steps: in
     size = tuple(image.shape[-2:])
     lib = native_kernel(grid_logits.device, native)
     if lib is None:
-        logits = pamr(image.float(), resize_bilinear(grid_logits.float(), size), steps, dilations, native=False)
+        logits = pamr(image.float(), resize_bilinear(grid_logits.float(), size, native=False), steps, dilations,
+                      native=False)
         probs = torch.softmax(logits * logit_scale, dim=1)
         return patch_labels(probs, temp_thd, patch)
     gh, gw = grid_logits.shape[-2:]

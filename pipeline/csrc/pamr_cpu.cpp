@@ -87,6 +87,38 @@ inline void fill_row_frame(float* p, const Geometry& g) {
   std::fill(p + g.W, p + g.S - g.m, p[g.W - 1]);
 }
 
+// One output row of NC channels (channel c at out + c * P, WR columns, a multiple of kRow): out(x) =
+// sum_k wy_k(x) * src_k(x), taps summed in order with FMAs starting from w_0 * src_0 (the torch chain).
+// src[k] points at tap k's source row of channel 0 (channel c at + c * P); wy is the row's weights in the
+// kernel layout.  KK: the tap count when known at compile time (16: two dilations), 0 for K.
+template <int NC, int KK>
+inline void stencil_row(float* out, const float* const* src, const float* wy, int64_t K, int64_t WR, int64_t P) {
+  const int64_t nk = KK > 0 ? KK : K;
+  for (int64_t x = 0; x < WR; x += kRow) {
+    vf acc[NC][XU];
+    for (int u = 0; u < XU; ++u) {
+      const vf wv = load(wy + x * nk + u * kV);
+      for (int c = 0; c < NC; ++c) {
+        acc[c][u] = wv * load(src[0] + c * P + x + u * kV);
+        // the product is rounded on its own, as torch's `mul` does: with the taps unrolled, the compiler
+        // could otherwise fuse it into the next tap's multiply-add (and round differently)
+        asm("" : "+v"(acc[c][u]));
+      }
+    }
+#pragma GCC unroll 16
+    for (int64_t k = 1; k < nk; ++k) {
+      const float* wk = wy + x * nk + k * kRow;
+      const float* s = src[k] + x;
+      vf wv[XU];
+      for (int u = 0; u < XU; ++u) wv[u] = load(wk + u * kV);
+      for (int c = 0; c < NC; ++c)
+        for (int u = 0; u < XU; ++u) acc[c][u] += wv[u] * load(s + c * P + u * kV);
+    }
+    for (int c = 0; c < NC; ++c)
+      for (int u = 0; u < XU; ++u) store(out + c * P + x + u * kV, acc[c][u]);
+  }
+}
+
 // `steps` PAMR iterations of NC channels as one wavefront over rows.  Level 0 is the input, level t the
 // t-th iteration; level t keeps only its last R = 2m + 1 rows in a ring.  At time tau, level t computes row
 // tau - t*m: every row it reads from level t-1 (rows r - m .. r + m, clamped: the replicate padding) was
@@ -112,23 +144,8 @@ void run_block(float* buf, const Geometry& g, const float* w, int64_t K, const i
         for (int64_t k = 0; k < K; ++k)
           src[k] = row(t - 1, std::min(std::max(r + dy[k], int64_t(0)), g.H - 1)) + dx[k];
         const float* wy = w + r * K * g.WR;
-        for (int64_t x = 0; x < g.WR; x += kRow) {
-          vf acc[NC][XU];
-          for (int u = 0; u < XU; ++u) {
-            const vf wv = load(wy + x * K + u * kV);
-            for (int c = 0; c < NC; ++c) acc[c][u] = wv * load(src[0] + c * P + x + u * kV);
-          }
-          for (int64_t k = 1; k < K; ++k) {
-            const float* wk = wy + x * K + k * kRow;
-            const float* s = src[k] + x;
-            vf wv[XU];
-            for (int u = 0; u < XU; ++u) wv[u] = load(wk + u * kV);
-            for (int c = 0; c < NC; ++c)
-              for (int u = 0; u < XU; ++u) acc[c][u] += wv[u] * load(s + c * P + u * kV);
-          }
-          for (int c = 0; c < NC; ++c)
-            for (int u = 0; u < XU; ++u) store(out + c * P + x + u * kV, acc[c][u]);
-        }
+        if (K == 16) stencil_row<NC, 16>(out, src.data(), wy, K, g.WR, P);
+        else stencil_row<NC, 0>(out, src.data(), wy, K, g.WR, P);
       }
       for (int c = 0; c < NC; ++c) fill_row_frame(out + c * P, g);
       if (t == steps)
@@ -423,6 +440,48 @@ int reslabel_pamr_labels_f32(const float* grid, int64_t B, int64_t Q, int64_t gh
   });
 }
 
+// Bilinear resize of N planes x (N, h, w) float32 to out (N, H, W) with the resize matrices ry (H, h) and
+// rx (W, w): out = ry . (x . rx^T), only the nonzeros of each matrix row, summed in column order as
+// multiply-adds starting from the first product (the order of a dense product's FMA chain, whose other
+// terms are exact zeros).  The dense product does 10x the multiply-adds for a 16x upsampling.
+int reslabel_resize_f32(const float* x, int64_t N, int64_t h, int64_t w, const float* ry, int64_t H,
+                        const float* rx, int64_t W, float* out, char* err, int64_t errlen) {
+  return guarded(err, errlen, [&]() -> int {
+    if (N <= 0 || h <= 0 || w <= 0 || H <= 0 || W <= 0) return fail(err, errlen, "bad sizes");
+    const SparseRows sy(ry, H, h), sx(rx, W, w);
+    at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+      std::vector<float> u(h * W);  // x . rx^T of one plane
+      for (int64_t n = n0; n < n1; ++n) {
+        const float* xn = x + n * h * w;
+        for (int64_t r = 0; r < h; ++r)
+          for (int64_t X = 0; X < W; ++X) {
+            float v = 0.f;
+            for (int64_t e = sx.start[X]; e < sx.start[X + 1]; ++e)
+              v = e == sx.start[X] ? xn[r * w + sx.col[e]] * sx.val[e] : std::fma(xn[r * w + sx.col[e]], sx.val[e], v);
+            u[r * W + X] = v;
+          }
+        for (int64_t y = 0; y < H; ++y) {
+          float* dst = out + (n * H + y) * W;
+          const int64_t e0 = sy.start[y], e1 = sy.start[y + 1];
+          if (e0 == e1) {
+            std::fill(dst, dst + W, 0.f);
+            continue;
+          }
+          const float a0 = sy.val[e0];
+          const float* u0 = u.data() + sy.col[e0] * W;
+          for (int64_t X = 0; X < W; ++X) dst[X] = a0 * u0[X];
+          for (int64_t e = e0 + 1; e < e1; ++e) {
+            const float a = sy.val[e];
+            const float* ue = u.data() + sy.col[e] * W;
+            for (int64_t X = 0; X < W; ++X) dst[X] = std::fma(a, ue[X], dst[X]);
+          }
+        }
+      }
+    });
+    return 0;
+  });
+}
+
 // SFR's path validity (METHODS.md 2.5 f2) for patch labels (B, N) int64 on an hp x wp grid: valid[b, i, j]
 // = 1 when the probes k = 1..D_ij (D = Chebyshev distance) of the partial segment from i towards j all carry
 // label L_i.  Probe coordinates come from the caller's tables rows (hp, hp, K1) and cols (wp, wp, K1),
@@ -476,7 +535,7 @@ int reslabel_pamr_weights_f32(const float* image, float* weights, int64_t B, int
     auto clampi = [](int64_t v, int64_t hi) { return std::min<int64_t>(std::max<int64_t>(v, 0), hi - 1); };
     at::parallel_for(0, B * H, 1, [&](int64_t r0, int64_t r1) {
       // rows of all window elements of one channel, padded; per-pixel accumulators over a row
-      std::vector<float> src(3 * nd * L), mean(W), sq(W), den(W), logit(K * W);
+      std::vector<float> src(3 * nd * L), mean(W), sq(W), den(W), logit(K * WR);  // logit rows: WR, zero past W
       std::vector<const float*> elem(n);  // element e of the window at x = 0, as a pointer into src
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t b = r / H, y = r % H;
@@ -508,16 +567,28 @@ int reslabel_pamr_weights_f32(const float* image, float* weights, int64_t B, int
           for (int64_t t = 0; t < nd; ++t)
             for (int64_t k = 0; k < 8; ++k) {
               const float* nb = elem[9 * t + k + (k >= 4)];
-              float* lg = logit.data() + (8 * t + k) * W;
+              float* lg = logit.data() + (8 * t + k) * WR;
               for (int64_t x = 0; x < W; ++x) lg[x] += -std::fabs(centre[x] - nb[x]) / den[x];
             }
         }
-        for (int64_t x = 0; x < W; ++x) {  // softmax over the K taps of each pixel
-          float top = -INFINITY;
-          for (int64_t k = 0; k < K; ++k) top = std::max(top, logit[k * W + x] /= C);
-          float z = 0.f;
-          for (int64_t k = 0; k < K; ++k) z += (logit[k * W + x] = std::exp(logit[k * W + x] - top));
-          for (int64_t k = 0; k < K; ++k) out[(x / kRow) * K * kRow + k * kRow + x % kRow] = logit[k * W + x] / z;
+        // softmax over the K taps of each pixel, kV pixels at a time (vexp: std::exp is scalar and was
+        // most of this function's time); the columns past W are computed from zeros, then zeroed
+        const vf cv = splat(static_cast<float>(C));
+        for (int64_t x = 0; x < WR; x += kV) {
+          vf top = splat(-INFINITY);
+          for (int64_t k = 0; k < K; ++k) {
+            const vf v = load(logit.data() + k * WR + x) / cv;
+            store(logit.data() + k * WR + x, v);
+            top = v > top ? v : top;
+          }
+          vf z = splat(0.f);
+          for (int64_t k = 0; k < K; ++k) {
+            const vf e = vexp(load(logit.data() + k * WR + x) - top);
+            store(logit.data() + k * WR + x, e);
+            z += e;
+          }
+          float* o = out + (x / kRow) * K * kRow + x % kRow;
+          for (int64_t k = 0; k < K; ++k) store(o + k * kRow, load(logit.data() + k * WR + x) / z);
         }
         for (int64_t x = W; x < WR; ++x) for (int64_t k = 0; k < K; ++k) out[(x / kRow) * K * kRow + k * kRow + x % kRow] = 0.f;
       }
