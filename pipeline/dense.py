@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from pipeline.models import Block, VisionParts
 from pipeline.resize import resize_bilinear
 from pipeline.sfr import preliminary_labels, sfr_matrix
-from pipeline.variants import Variant, attention_probs, gaussian_prior
+from pipeline.variants import Variant, attention_probs, base_logits, gaussian_prior
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,14 +132,17 @@ def last_block_inputs(vp: VisionParts, x: torch.Tensor, p: DenseParams) -> List[
 
 def last_block(vp: VisionParts, x: torch.Tensor, p: DenseParams, grid: Tuple[int, int],
                attn_rcs: Optional[torch.Tensor], sfr: Optional[torch.Tensor],
-               qkv: Optional[Sequence[Optional[torch.Tensor]]] = None) -> torch.Tensor:
+               qkv: Optional[Sequence[Optional[torch.Tensor]]] = None,
+               logits: Optional[Sequence[torch.Tensor]] = None, keep_logits: bool = False) -> torch.Tensor:
     """The variant's last block on layer-(L−1) tokens (B, T, D) → (B, T, D); ``qkv`` from
-    :func:`last_block_inputs` of the same ``x`` (computed here when not given)."""
+    :func:`last_block_inputs` of the same ``x`` (computed here when not given); ``logits``/``keep_logits``:
+    the base's attention logits shared by SFR's two passes (:func:`pipeline.variants.attention_probs`)."""
     blk = vp.blocks[-1]
     q, k, v = qkv if qkv is not None else last_block_inputs(vp, x, p)
     omega = _omega(grid, p.gaussian_std, v.dtype, v.device) if p.variant.base.gaussian_prior else None
     attn = attention_probs(p.variant, q, k, v.shape[-1] ** -0.5, omega=omega, sfr=sfr, attn_rcs=attn_rcs,
-                           sfr_weights=p.sfr_weights, rcs_weights=p.rcs_weights)
+                           sfr_weights=p.sfr_weights, rcs_weights=p.rcs_weights, logits=logits,
+                           keep_logits=keep_logits)
     out = _attend(blk, attn, v)
     if not p.variant.base.keep_residual:
         return out
@@ -172,9 +175,11 @@ def cosine_logits(vp: VisionParts, x: torch.Tensor, text: torch.Tensor, grid: Tu
 
 def sfr_from_preliminary(vp: VisionParts, x11: torch.Tensor, crops: torch.Tensor, text: torch.Tensor,
                          p: DenseParams, grid: Tuple[int, int], attn_rcs: Optional[torch.Tensor],
-                         qkv: Optional[Sequence[Optional[torch.Tensor]]] = None) -> torch.Tensor:
-    """Preliminary pass → PAMR → probabilities → patch labels → Ŝ/max(Ŝ) as (B, 1, T, T) float16."""
-    prelim = last_block(vp, x11, p, grid, attn_rcs, None, qkv)
+                         qkv: Optional[Sequence[Optional[torch.Tensor]]] = None,
+                         logits: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
+    """Preliminary pass → PAMR → probabilities → patch labels → Ŝ/max(Ŝ) as (B, 1, T, T) float16.
+    ``logits``: the base's attention logits, left unchanged for the final pass (see :func:`last_block`)."""
+    prelim = last_block(vp, x11, p, grid, attn_rcs, None, qkv, logits, keep_logits=True)
     logits = cosine_logits(vp, prelim, text, grid, grid)  # (B, Q, hp, wp); upsampled to the crop inside
     labels = preliminary_labels(crops, logits, p.sfr_pamr_steps, p.sfr_pamr_dilations, p.logit_scale,
                                 p.temp_thd, vp.patch_size)  # (B, hp, wp) on CPU
@@ -193,6 +198,9 @@ def crop_logits(vp: VisionParts, crops: torch.Tensor, text: torch.Tensor, p: Den
     capture = p.rcs_layers if p.variant.rcs else ()
     x11, attn_rcs = trunk(vp, tokens, capture)  # attn_rcs (B, h, T, T) or None
     qkv = last_block_inputs(vp, x11, p)
-    sfr = sfr_from_preliminary(vp, x11, crops, text, p, grid, attn_rcs, qkv) if p.variant.sfr else None
-    tokens_out = last_block(vp, x11, p, grid, attn_rcs, sfr, qkv)
+    sfr, logits = None, None
+    if p.variant.sfr:  # both passes start from the same attention logits: computed once
+        logits = base_logits(p.variant.base, qkv[0], qkv[1], qkv[2].shape[-1] ** -0.5)
+        sfr = sfr_from_preliminary(vp, x11, crops, text, p, grid, attn_rcs, qkv, logits)
+    tokens_out = last_block(vp, x11, p, grid, attn_rcs, sfr, qkv, logits)
     return cosine_logits(vp, tokens_out, text, grid, grid if grid_only else tuple(crops.shape[-2:]), out=out)

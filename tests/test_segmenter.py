@@ -105,6 +105,29 @@ def test_attention_rows(base):
     torch.testing.assert_close(a2.sum(-1), torch.full((2, 3, 10), 2.0 * (0.7 * rows + 0.3)))
 
 
+@pytest.mark.parametrize("base", sorted(BASES))
+def test_sfr_passes_share_logits_bit_equal(base):
+    """SFR's preliminary and final passes computed from one set of base logits (kept by the first pass,
+    changed in place by the second) give exactly what two independent computations give."""
+    from pipeline.variants import base_logits
+
+    torch.manual_seed(1)
+    q, k = torch.randn(2, 3, 10, 8), torch.randn(2, 3, 10, 8)
+    omega = torch.rand(1, 1, 10, 10)
+    rcs = torch.softmax(torch.randn(2, 3, 10, 10), -1)
+    sfr = torch.rand(2, 1, 10, 10).half()
+    variant = get_variant("resclip", base)
+    kw = dict(omega=omega, attn_rcs=rcs, sfr_weights=(2.1, 0.7), rcs_weights=(2.0, 0.3))
+    shared = base_logits(variant.base, q, k, 8 ** -0.5)
+    before = [t.clone() for t in shared]
+    pre = attention_probs(variant, q, k, 8 ** -0.5, **kw, logits=shared, keep_logits=True)
+    assert all(torch.equal(a, b) for a, b in zip(shared, before))  # left for the final pass
+    fin = attention_probs(variant, q, k, 8 ** -0.5, sfr=sfr, **kw, logits=shared)
+    assert torch.equal(pre, attention_probs(variant, q, k, 8 ** -0.5, **kw))
+    assert torch.equal(fin, attention_probs(variant, q, k, 8 ** -0.5, sfr=sfr, **kw))
+    assert not torch.equal(pre, fin)
+
+
 def test_variants_differ(seg):
     x = torch.randn(1, 3, 224, 224)
     outs = {n: crop_logits(seg.vision, x, seg._text, dataclasses.replace(seg.dense_params, variant=get_variant(*n.split("/"))))
