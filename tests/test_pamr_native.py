@@ -20,7 +20,7 @@ needs_compiler = pytest.mark.skipif(native.find_compiler() is None, reason="no C
 REPO = Path(__file__).resolve().parents[1]
 
 # (B, Q, H, W, mask size, dilations, steps): crop sizes, a width that is no multiple of the vector width,
-# a dilation larger than the image (replicate padding clamps every tap), other dilations, steps 0 and 1.
+# a dilation larger than the image (replicate padding clamps every tap), other dilations, steps 0 and 1,
 CASES = [
     (1, 7, 224, 224, (224, 224), (8, 16), 10),
     (2, 5, 37, 53, (19, 27), (8, 16), 10),
@@ -28,6 +28,12 @@ CASES = [
     (1, 3, 40, 41, (40, 41), (1, 2, 3), 1),
     (1, 6, 17, 16, (9, 9), (8, 16), 0),
     (3, 150, 48, 80, (3, 5), (8, 16), 10),
+    # row classes (every vertical offset a multiple of G, see run_block): one row; H - 1 a multiple of 8
+    # (rows 0 and H - 1 in one class); G = 4 and G = 16 with H - 1 in another class than row 0
+    (1, 2, 1, 7, (1, 7), (8, 16), 10),
+    (1, 3, 9, 40, (9, 40), (8, 16), 10),
+    (1, 5, 41, 20, (41, 20), (4, 8), 10),
+    (2, 2, 35, 19, (35, 19), (16,), 5),
 ]
 
 

@@ -32,6 +32,7 @@
 #include <exception>
 #include <memory>
 #include <new>
+#include <numeric>
 #include <type_traits>
 #include <vector>
 
@@ -54,30 +55,37 @@ inline void store(float* p, vf v) { std::memcpy(p, &v, sizeof(vf)); }
 struct Geometry {
   int64_t H, W;   // plane size
   int64_t WR;     // computed row width: W rounded up to kRow
-  int64_t m;      // the largest |offset|: horizontal frame width and the wavefront's skew (see run_block)
+  int64_t m;      // the largest |offset|: the horizontal frame width
+  int64_t G;      // row classes: every vertical offset is a multiple of G (see run_block)
+  int64_t mr;     // the largest |vertical offset| / G: the wavefront's skew, in rows of one class
   int64_t S;      // row stride, frames included
-  int64_t R;      // rows kept per level: 2m + 1
+  int64_t R;      // rows kept per level and class: 2 mr + 1
   int64_t P;      // floats between two rings: R * S, staggered (see make_geometry)
+  // run_block's buffer: rings of two classes and the border rows, per level and channel of a block
+  int64_t block_floats(int64_t steps) const { return 4 * (steps + 1) * CB * P; }
 };
 
-// Geometry for taps of at most `m` pixels.  Rings are spaced by a multiple of 4 KiB plus 320 bytes, so the
-// same pixel of different channels does not map to the same L1 set (measured ~15% faster).
-Geometry make_geometry(int64_t H, int64_t W, int64_t m) {
+// Geometry for taps dy/dx.  Rings are spaced by a multiple of 4 KiB plus 320 bytes, so the same pixel of
+// different channels does not map to the same L1 set (measured ~15% faster).
+Geometry make_geometry(int64_t H, int64_t W, int64_t K, const int64_t* dy, const int64_t* dx) {
   Geometry g;
   g.H = H;
   g.W = W;
   g.WR = (W + kRow - 1) / kRow * kRow;
-  g.m = m;
-  g.S = (g.WR + 2 * m + kV + kV - 1) / kV * kV;
-  g.R = 2 * m + 1;
+  g.m = 0;
+  g.G = 0;
+  int64_t my = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    g.m = std::max({g.m, std::abs(dy[k]), std::abs(dx[k])});
+    my = std::max(my, std::abs(dy[k]));
+    g.G = std::gcd(g.G, std::abs(dy[k]));
+  }
+  g.G = std::max<int64_t>(g.G, 1);
+  g.mr = my / g.G;
+  g.S = (g.WR + 2 * g.m + kV + kV - 1) / kV * kV;
+  g.R = 2 * g.mr + 1;
   g.P = (g.R * g.S + 1023) / 1024 * 1024 + 80;
   return g;
-}
-
-int64_t max_offset(int64_t K, const int64_t* dy, const int64_t* dx) {
-  int64_t m = 0;
-  for (int64_t k = 0; k < K; ++k) m = std::max({m, std::abs(dy[k]), std::abs(dx[k])});
-  return m;
 }
 
 // Replicate the ends of one row (interior at p[0..W-1]) into its frames p[-m..-1] and p[W..S-m-1]; this
@@ -119,39 +127,63 @@ inline void stencil_row(float* out, const float* const* src, const float* wy, in
   }
 }
 
-// `steps` PAMR iterations of NC channels as one wavefront over rows.  Level 0 is the input, level t the
-// t-th iteration; level t keeps only its last R = 2m + 1 rows in a ring.  At time tau, level t computes row
-// tau - t*m: every row it reads from level t-1 (rows r - m .. r + m, clamped: the replicate padding) was
-// computed at this time step or earlier and is still in that level's ring.  So each weight row is used by
-// all iterations while it is in cache, and the live data is (steps + 1) rings of R rows per channel
-// instead of whole planes (whole planes and weights of large images streamed from memory every iteration).
+// `steps` PAMR iterations of NC channels as wavefronts over rows.  Every vertical offset is a multiple of
+// G (ResCLIP's dilations 8 and 16: G = 8), so row y only reads rows of its class y mod G, except where the
+// replicate padding clamps a read to row 0 or H - 1.  Each class runs as its own wavefront: level 0 is the
+// input, level t the t-th iteration, and level t keeps only the last R = 2 mr + 1 rows of the class in a
+// ring.  At time tau, level t computes class row tau - t mr: every row it reads from level t-1 was computed
+// at this time step or earlier and is still in that ring.  So each weight row is used by all iterations
+// while it is in cache, and the live data is (steps + 1) rings of R rows per channel (5 rows for ResCLIP's
+// taps instead of the 33 of one wavefront over all rows, whose rings did not fit the L2 cache).
+// Rows 0 and H - 1 of every level are also kept aside: the classes holding them run first, together (they
+// may read each other's), then every other class with them already there.
 // The sum of one output is the same chain of FMAs in the same tap order as before (and as the torch path).
 // fill(c, y, row) writes input row y of channel c (W floats); sink(c, y, row) reads result row y.
 template <int NC, typename Fill, typename Sink>
 void run_block(float* buf, const Geometry& g, const float* w, int64_t K, const int64_t* dy, const int64_t* dx,
                int64_t steps, Fill&& fill, Sink&& sink) {
-  const int64_t m = g.m, P = g.P;
-  auto row = [&](int64_t t, int64_t r) { return buf + (t * NC) * P + (r % g.R) * g.S + m; };  // channel 0
+  const int64_t m = g.m, P = g.P, G = g.G, H = g.H;
+  // ring j (0, 1) of level t: row i of the class at (i % R); border rows: side 0 = row 0, 1 = row H - 1
+  auto ring = [&](int j, int64_t t, int64_t i) { return buf + ((t * 2 + j) * NC) * P + (i % g.R) * g.S + m; };
+  float* borders = buf + 2 * (steps + 1) * NC * P;
+  auto border = [&](int side, int64_t t) { return borders + ((t * 2 + side) * NC) * P + m; };  // channel 0
+  auto rows_of = [&](int64_t a) { return (H - a + G - 1) / G; };
   std::vector<const float*> src(K);
-  for (int64_t tau = 0; tau < g.H + steps * m; ++tau) {
-    for (int64_t t = 0; t <= steps; ++t) {
-      const int64_t r = tau - t * m;
-      if (r < 0 || r >= g.H) continue;
-      float* out = row(t, r);
-      if (t == 0) {
-        for (int c = 0; c < NC; ++c) fill(c, r, out + c * P);
-      } else {
-        for (int64_t k = 0; k < K; ++k)
-          src[k] = row(t - 1, std::min(std::max(r + dy[k], int64_t(0)), g.H - 1)) + dx[k];
-        const float* wy = w + r * K * g.WR;
-        if (K == 16) stencil_row<NC, 16>(out, src.data(), wy, K, g.WR, P);
-        else stencil_row<NC, 0>(out, src.data(), wy, K, g.WR, P);
+  auto run_group = [&](const std::vector<int64_t>& cls) {
+    int64_t n_max = 0;
+    for (int64_t a : cls) n_max = std::max(n_max, rows_of(a));
+    for (int64_t tau = 0; tau < n_max + steps * g.mr; ++tau) {
+      for (int64_t t = 0; t <= steps; ++t) {
+        for (size_t j = 0; j < cls.size(); ++j) {
+          const int64_t a = cls[j], i = tau - t * g.mr;
+          if (i < 0 || i >= rows_of(a)) continue;
+          const int64_t y = a + G * i;
+          float* out = ring(j, t, i);
+          if (t == 0) {
+            for (int c = 0; c < NC; ++c) fill(c, y, out + c * P);
+          } else {
+            for (int64_t k = 0; k < K; ++k) {
+              const int64_t yy = y + dy[k];  // a row of class a unless clamped
+              src[k] = (yy < 0 ? border(0, t - 1) : yy >= H ? border(1, t - 1) : ring(j, t - 1, (yy - a) / G)) + dx[k];
+            }
+            const float* wy = w + y * K * g.WR;
+            if (K == 16) stencil_row<NC, 16>(out, src.data(), wy, K, g.WR, P);
+            else stencil_row<NC, 0>(out, src.data(), wy, K, g.WR, P);
+          }
+          for (int c = 0; c < NC; ++c) fill_row_frame(out + c * P, g);
+          for (int side = 0; side < 2; ++side)
+            if (y == (side == 0 ? 0 : H - 1))
+              for (int c = 0; c < NC; ++c) std::memcpy(border(side, t) + c * P - m, out + c * P - m, g.S * sizeof(float));
+          if (t == steps)
+            for (int c = 0; c < NC; ++c) sink(c, y, out + c * P);
+        }
       }
-      for (int c = 0; c < NC; ++c) fill_row_frame(out + c * P, g);
-      if (t == steps)
-        for (int c = 0; c < NC; ++c) sink(c, r, out + c * P);
     }
-  }
+  };
+  const int64_t classes = std::min(G, H), aH = (H - 1) % G;
+  run_group(aH == 0 ? std::vector<int64_t>{0} : std::vector<int64_t>{0, aH});
+  for (int64_t a = 1; a < classes; ++a)
+    if (a != aH) run_group({a});
 }
 
 // ---- vector helpers ---------------------------------------------------------------------------------
@@ -324,10 +356,10 @@ int reslabel_pamr_f32(const float* mask, const float* weights, float* out, int64
                       int64_t errlen) {
   return guarded(err, errlen, [&]() -> int {
     if (B <= 0 || Q <= 0 || H <= 0 || W <= 0 || K <= 0 || steps < 0) return fail(err, errlen, "bad sizes");
-    const Geometry g = make_geometry(H, W, max_offset(K, dy, dx));
+    const Geometry g = make_geometry(H, W, K, dy, dx);
     const int64_t blocks = (Q + CB - 1) / CB, plane = H * W;
     sliced(B * blocks, slice_count(B * blocks), [&](int64_t, int64_t i0, int64_t i1) {
-      Buffer buf((steps + 1) * CB * g.P);
+      Buffer buf(g.block_floats(steps));
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t b = i / blocks, c0 = (i % blocks) * CB;
         const float* src = mask + (b * Q + c0) * plane;
@@ -361,7 +393,7 @@ int reslabel_pamr_labels_f32(const float* grid, int64_t B, int64_t Q, int64_t gh
     if (B <= 0 || Q <= 0 || gh <= 0 || gw <= 0 || H <= 0 || W <= 0 || K <= 0 || steps < 0 || ph <= 0 ||
         pw <= 0 || Q > INT32_MAX)
       return fail(err, errlen, "bad sizes");
-    const Geometry g = make_geometry(H, W, max_offset(K, dy, dx));
+    const Geometry g = make_geometry(H, W, K, dy, dx);
     const SparseRows sy(ry, H, gh), sx(rx, W, gw);
     const int64_t blocks = (Q + CB - 1) / CB, n = H * g.WR;
     // states[t][b]: slice t's online softmax over its queries of image b (null where it had none)
@@ -370,7 +402,7 @@ int reslabel_pamr_labels_f32(const float* grid, int64_t B, int64_t Q, int64_t gh
     states.resize(T);
     for (auto& s : states) s.resize(B);
     sliced(B * blocks, T, [&](int64_t t, int64_t i0, int64_t i1) {
-      Buffer buf((steps + 1) * CB * g.P);
+      Buffer buf(g.block_floats(steps));
       std::vector<float> u(CB * gh * W);  // G . rx^T of the block's channels: the grid rows resized along x
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t b = i / blocks, c0 = (i % blocks) * CB;
