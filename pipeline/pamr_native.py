@@ -337,7 +337,9 @@ def resize(lib: ctypes.CDLL, x: torch.Tensor, ry: torch.Tensor, rx: torch.Tensor
     src = x.float().contiguous()
     ry, rx = ry.float().contiguous(), rx.float().contiguous()
     out = torch.empty(shape, dtype=torch.float32) if out is None else out
-    n = src.numel() // (h * w)
+    n = src.numel() // max(h * w, 1)
+    if n == 0 or out.numel() == 0:
+        return out
     err = ctypes.create_string_buffer(512)
     rc = lib.reslabel_resize_f32(src.data_ptr(), n, h, w, ry.data_ptr(), big_h, rx.data_ptr(), big_w,
                                  out.data_ptr(), err, len(err))

@@ -47,6 +47,19 @@ constexpr int XU = 2;            // vectors along x computed together
 constexpr int64_t kRow = kV * XU;  // computed row width WR is a multiple of this
 constexpr int64_t CB = 4;        // channels per block
 typedef float vf __attribute__((vector_size(kV * sizeof(float))));
+
+// Keeps a value in a register as it is, so the compiler cannot fuse the product that made it into a later
+// multiply-add (stencil_row).  Where no such barrier is known, the taps stay a loop (which never fused).
+#if defined(__x86_64__) || defined(__i386__)
+#define RESLABEL_OPAQUE(v) asm("" : "+v"(v))
+#define RESLABEL_UNROLL_TAPS 1
+#elif defined(__aarch64__)
+#define RESLABEL_OPAQUE(v) asm("" : "+w"(v))
+#define RESLABEL_UNROLL_TAPS 1
+#else
+#define RESLABEL_OPAQUE(v) ((void)0)
+#define RESLABEL_UNROLL_TAPS 0
+#endif
 typedef int32_t vi __attribute__((vector_size(kV * sizeof(int32_t))));
 
 inline vf load(const float* p) { vf v; std::memcpy(&v, p, sizeof(vf)); return v; }
@@ -110,7 +123,7 @@ inline void stencil_row(float* out, const float* const* src, const float* wy, in
         acc[c][u] = wv * load(src[0] + c * P + x + u * kV);
         // the product is rounded on its own, as torch's `mul` does: with the taps unrolled, the compiler
         // could otherwise fuse it into the next tap's multiply-add (and round differently)
-        asm("" : "+v"(acc[c][u]));
+        RESLABEL_OPAQUE(acc[c][u]);
       }
     }
 #pragma GCC unroll 16
@@ -167,7 +180,7 @@ void run_block(float* buf, const Geometry& g, const float* w, int64_t K, const i
               src[k] = (yy < 0 ? border(0, t - 1) : yy >= H ? border(1, t - 1) : ring(j, t - 1, (yy - a) / G)) + dx[k];
             }
             const float* wy = w + y * K * g.WR;
-            if (K == 16) stencil_row<NC, 16>(out, src.data(), wy, K, g.WR, P);
+            if (RESLABEL_UNROLL_TAPS && K == 16) stencil_row<NC, 16>(out, src.data(), wy, K, g.WR, P);
             else stencil_row<NC, 0>(out, src.data(), wy, K, g.WR, P);
           }
           for (int c = 0; c < NC; ++c) fill_row_frame(out + c * P, g);
