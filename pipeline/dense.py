@@ -130,6 +130,11 @@ def last_block_inputs(vp: VisionParts, x: torch.Tensor, p: DenseParams) -> List[
     return _project(vp.blocks[-1], x, "".join(p.variant.base.logits) + "v")
 
 
+def _head_scale(v: torch.Tensor) -> float:
+    """The attention scale d^-1/2 for per-head tensors (B, h, T, d)."""
+    return v.shape[-1] ** -0.5
+
+
 def last_block(vp: VisionParts, x: torch.Tensor, p: DenseParams, grid: Tuple[int, int],
                attn_rcs: Optional[torch.Tensor], sfr: Optional[torch.Tensor],
                qkv: Optional[Sequence[Optional[torch.Tensor]]] = None,
@@ -140,7 +145,7 @@ def last_block(vp: VisionParts, x: torch.Tensor, p: DenseParams, grid: Tuple[int
     blk = vp.blocks[-1]
     q, k, v = qkv if qkv is not None else last_block_inputs(vp, x, p)
     omega = _omega(grid, p.gaussian_std, v.dtype, v.device) if p.variant.base.gaussian_prior else None
-    attn = attention_probs(p.variant, q, k, v.shape[-1] ** -0.5, omega=omega, sfr=sfr, attn_rcs=attn_rcs,
+    attn = attention_probs(p.variant, q, k, _head_scale(v), omega=omega, sfr=sfr, attn_rcs=attn_rcs,
                            sfr_weights=p.sfr_weights, rcs_weights=p.rcs_weights, logits=logits,
                            keep_logits=keep_logits)
     out = _attend(blk, attn, v)
@@ -200,7 +205,7 @@ def crop_logits(vp: VisionParts, crops: torch.Tensor, text: torch.Tensor, p: Den
     qkv = last_block_inputs(vp, x11, p)
     sfr, logits = None, None
     if p.variant.sfr:  # both passes start from the same attention logits: computed once
-        logits = base_logits(p.variant.base, qkv[0], qkv[1], qkv[2].shape[-1] ** -0.5)
+        logits = base_logits(p.variant.base, qkv[0], qkv[1], _head_scale(qkv[2]))
         sfr = sfr_from_preliminary(vp, x11, crops, text, p, grid, attn_rcs, qkv, logits)
     tokens_out = last_block(vp, x11, p, grid, attn_rcs, sfr, qkv, logits)
     return cosine_logits(vp, tokens_out, text, grid, grid if grid_only else tuple(crops.shape[-2:]), out=out)

@@ -7,7 +7,6 @@ iterations run in the fused kernel of :mod:`pipeline.pamr_native` when it is ava
 """
 from __future__ import annotations
 
-import ctypes
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -54,17 +53,6 @@ def _iterate(mask: torch.Tensor, weights: torch.Tensor, steps: int, dilations: S
     return mask
 
 
-def native_kernel(device: torch.device, native: Optional[bool]) -> Optional[ctypes.CDLL]:
-    """The fused CPU kernel to use for tensors on ``device``, or None for the torch code.
-
-    ``native``: True requires the kernel (KernelBuildError if it cannot be built), False never uses it, None
-    follows ``RESLABEL_PAMR_KERNEL`` (default: the kernel when it is available). Only CPU tensors can use it.
-    """
-    if device.type != "cpu" or native is False:
-        return None
-    return pamr_native.kernel() if native is None else pamr_native.required_kernel()
-
-
 def pamr(image: torch.Tensor, mask: torch.Tensor, steps: int, dilations: Sequence[int] = (8, 16),
          channels_per_chunk: Optional[int] = None, native: Optional[bool] = None) -> torch.Tensor:
     """Refine ``mask`` (B, Q, h, w) guided by ``image`` (B, 3, H, W); returns (B, Q, H, W) float32.
@@ -83,7 +71,7 @@ def pamr(image: torch.Tensor, mask: torch.Tensor, steps: int, dilations: Sequenc
     mask = mask.float()
     if mask.shape[-2:] != image.shape[-2:]:
         mask = F.interpolate(mask, size=image.shape[-2:], mode="bilinear", align_corners=True)
-    lib = native_kernel(mask.device, native)
+    lib = pamr_native.for_device(mask.device, native)
     if lib is not None:
         dy, dx = pamr_native.taps(dilations, _OFFSETS)
         weights = pamr_native.affinity(lib, image, dilations)  # the kernel's layout (pamr_native.layout_shape)

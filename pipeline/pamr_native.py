@@ -179,6 +179,17 @@ def kernel() -> Optional[ctypes.CDLL]:
     return None if mode == "torch" else _get(mode)
 
 
+def for_device(device: torch.device, native: Optional[bool]) -> Optional[ctypes.CDLL]:
+    """The kernel to use for tensors on ``device``, or None for the torch code.
+
+    ``native``: True requires the kernel (KernelBuildError if it cannot be built), False never uses it, None
+    follows ``RESLABEL_PAMR_KERNEL`` (default: the kernel when it is available). Only CPU tensors can use it.
+    """
+    if device.type != "cpu" or native is False:
+        return None
+    return kernel() if native is None else required_kernel()
+
+
 def required_kernel() -> ctypes.CDLL:
     """The loaded kernel whatever the environment says; KernelBuildError if it cannot be built."""
     lib = _get("native")

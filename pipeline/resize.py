@@ -35,7 +35,8 @@ def resize_bilinear(x: torch.Tensor, size: Tuple[int, int], rows: Optional[slice
     page faults than in arithmetic, e.g. 44 vs 13 ms for (4, 150, 224, 224) on this project's CPU).
     ``native``: float32 CPU tensors use the CPU kernel's sparse resize (:func:`pipeline.pamr_native.resize`:
     2 multiply-adds per output and axis instead of h or w; the same sums to float rounding, tested) when
-    the kernel is available: True requires it, False never uses it, None follows ``RESLABEL_PAMR_KERNEL``.
+    the kernel is available (and ``out``, if given, is contiguous float32): True requires the kernel, False
+    never uses it, None follows ``RESLABEL_PAMR_KERNEL`` (:func:`pipeline.pamr_native.for_device`).
     """
     h, w = x.shape[-2:]
     if (h, w) == tuple(size) and rows is None:
@@ -44,11 +45,9 @@ def resize_bilinear(x: torch.Tensor, size: Tuple[int, int], rows: Optional[slice
     rx = bilinear_matrix(w, size[1]).to(x.device, x.dtype)  # (W, w)
     if rows is not None:
         ry = ry[rows]
-    if x.device.type == "cpu" and x.dtype == torch.float32 and native is not False and (
-            out is None or (out.dtype == torch.float32 and out.is_contiguous())):
-        lib = pamr_native.required_kernel() if native else pamr_native.kernel()
-        if lib is not None:
-            return pamr_native.resize(lib, x, ry, rx, out=out)
+    lib = pamr_native.for_device(x.device, native) if x.dtype == torch.float32 else None
+    if lib is not None and (out is None or (out.dtype == torch.float32 and out.is_contiguous())):
+        return pamr_native.resize(lib, x, ry, rx, out=out)
     out_h, out_w = ry.shape[0], rx.shape[0]
     if h * w * out_w + out_h * h * out_w < out_h * h * w + out_h * w * out_w:  # fewer multiply-adds along x first
         return torch.matmul(ry, x @ rx.T, out=out)  # (H, h) @ ((..., h, w) @ (w, W)) → (..., H, W)

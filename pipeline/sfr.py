@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import pamr_native
-from pipeline.pamr import _OFFSETS, native_kernel, pamr
+from pipeline.pamr import _OFFSETS, pamr
 from pipeline.resize import bilinear_matrix, resize_bilinear
 
 
@@ -53,7 +53,7 @@ def preliminary_labels(image: torch.Tensor, grid_logits: torch.Tensor, steps: in
     Returns: (B, H // ph, W // pw) int64 query labels on CPU.
     """
     size = tuple(image.shape[-2:])
-    lib = native_kernel(grid_logits.device, native)
+    lib = pamr_native.for_device(grid_logits.device, native)
     if lib is None:
         logits = pamr(image.float(), resize_bilinear(grid_logits.float(), size, native=False), steps, dilations,
                       native=False)
@@ -105,7 +105,7 @@ def valid_paths(labels: torch.Tensor, grid: Tuple[int, int], native: Optional[bo
     if d_max == 0:
         return valid
     rows, cols = _axis_probes(hp, d_max), _axis_probes(wp, d_max)  # (hp, hp, K), (wp, wp, K)
-    lib = native_kernel(labels.device, native)
+    lib = pamr_native.for_device(labels.device, native)
     if lib is not None:
         return pamr_native.valid_paths(lib, labels.reshape(b, hp, wp), rows, cols)
     dist = chebyshev(grid)

@@ -124,7 +124,7 @@ def attention_probs(variant: Variant, q: Optional[torch.Tensor], k: Optional[tor
         attn_rcs: (B, h, T, T) mean attention of the RCS layers, or None (read only).
         logits: the base's logits, :func:`base_logits` of the same q, k and scale (computed here when None).
             SFR's two passes differ only in Ŝ, so they share one set (a (B, h, T, T) product per kind
-            saved: 13–20 ms per whole image on the CPU).
+            saved: 8–20 ms per whole image on this project's CPU).
         keep_logits: leave ``logits`` unchanged (the preliminary pass; the final pass may then change them
             in place). The same arithmetic either way: results are bit-equal.
     Returns: (B, h, T, T) attention weights.

@@ -270,6 +270,37 @@ struct SparseRows {
   }
 };
 
+// The two passes of a separable bilinear resize with sparse rows, shared by the fused labels and the resize
+// entry point.  Each output is a multiply-add chain over its row's nonzeros in column order, starting from
+// the first product: what a dense product's FMA chain gives (its other terms are exact zeros).
+// u (h, W) = x (h, w) . rx^T, with sx the sparse rows of rx (W, w).
+void resize_along_x(const float* x, int64_t h, int64_t w, const SparseRows& sx, int64_t W, float* u) {
+  for (int64_t r = 0; r < h; ++r)
+    for (int64_t X = 0; X < W; ++X) {
+      const int64_t e0 = sx.start[X], e1 = sx.start[X + 1];
+      float v = e0 < e1 ? x[r * w + sx.col[e0]] * sx.val[e0] : 0.f;
+      for (int64_t e = e0 + 1; e < e1; ++e) v = std::fma(x[r * w + sx.col[e]], sx.val[e], v);
+      u[r * W + X] = v;
+    }
+}
+
+// dst (W) = row y of ry (sparse rows sy) . u (h, W).
+void resize_row_y(const float* u, int64_t W, const SparseRows& sy, int64_t y, float* dst) {
+  const int64_t e0 = sy.start[y], e1 = sy.start[y + 1];
+  if (e0 == e1) {
+    std::fill(dst, dst + W, 0.f);
+    return;
+  }
+  const float a0 = sy.val[e0];
+  const float* u0 = u + sy.col[e0] * W;
+  for (int64_t x = 0; x < W; ++x) dst[x] = a0 * u0[x];
+  for (int64_t e = e0 + 1; e < e1; ++e) {
+    const float a = sy.val[e];
+    const float* ue = u + sy.col[e] * W;
+    for (int64_t x = 0; x < W; ++x) dst[x] = std::fma(a, ue[x], dst[x]);
+  }
+}
+
 // Per-pixel state of the online softmax over queries (rows of stride WR): running max of scale * logit,
 // sum of exp(x - max), and the first query that reached the max.
 struct Online {
@@ -423,25 +454,10 @@ int reslabel_pamr_labels_f32(const float* grid, int64_t B, int64_t Q, int64_t gh
         Online& st = *states[t][b];
         with_count(std::min(CB, Q - c0), [&](auto nc) {
           constexpr int NC = decltype(nc)::value;
-          for (int c = 0; c < NC; ++c) {
-            const float* G = grid + ((b * Q + c0 + c) * gh) * gw;
-            float* uc = u.data() + c * gh * W;
-            for (int64_t r = 0; r < gh; ++r)
-              for (int64_t x = 0; x < W; ++x) {
-                float v = 0.f;
-                for (int64_t e = sx.start[x]; e < sx.start[x + 1]; ++e) v += G[r * gw + sx.col[e]] * sx.val[e];
-                uc[r * W + x] = v;
-              }
-          }
+          for (int c = 0; c < NC; ++c)
+            resize_along_x(grid + ((b * Q + c0 + c) * gh) * gw, gh, gw, sx, W, u.data() + c * gh * W);
           run_block<NC>(buf.get(), g, weights + b * H * K * g.WR, K, dy, dx, steps,
-            [&](int c, int64_t y, float* dst) {  // then along y: a few axpys of whole rows
-              std::fill(dst, dst + W, 0.f);
-              for (int64_t e = sy.start[y]; e < sy.start[y + 1]; ++e) {
-                const float a = sy.val[e];
-                const float* ur = u.data() + (c * gh + sy.col[e]) * W;
-                for (int64_t x = 0; x < W; ++x) dst[x] += a * ur[x];
-              }
-            },
+            [&](int c, int64_t y, float* dst) { resize_row_y(u.data() + c * gh * W, W, sy, y, dst); },
             [&](int c, int64_t y, const float* p) { fold(st, p, y, static_cast<int32_t>(c0 + c), scale, g); });
         });
       }
@@ -486,9 +502,8 @@ int reslabel_pamr_labels_f32(const float* grid, int64_t B, int64_t Q, int64_t gh
 }
 
 // Bilinear resize of N planes x (N, h, w) float32 to out (N, H, W) with the resize matrices ry (H, h) and
-// rx (W, w): out = ry . (x . rx^T), only the nonzeros of each matrix row, summed in column order as
-// multiply-adds starting from the first product (the order of a dense product's FMA chain, whose other
-// terms are exact zeros).  The dense product does 10x the multiply-adds for a 16x upsampling.
+// rx (W, w): out = ry . (x . rx^T) with resize_along_x / resize_row_y (only the nonzeros: a dense product
+// does 10x the multiply-adds for a 16x upsampling).
 int reslabel_resize_f32(const float* x, int64_t N, int64_t h, int64_t w, const float* ry, int64_t H,
                         const float* rx, int64_t W, float* out, char* err, int64_t errlen) {
   return guarded(err, errlen, [&]() -> int {
@@ -497,30 +512,8 @@ int reslabel_resize_f32(const float* x, int64_t N, int64_t h, int64_t w, const f
     at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
       std::vector<float> u(h * W);  // x . rx^T of one plane
       for (int64_t n = n0; n < n1; ++n) {
-        const float* xn = x + n * h * w;
-        for (int64_t r = 0; r < h; ++r)
-          for (int64_t X = 0; X < W; ++X) {
-            float v = 0.f;
-            for (int64_t e = sx.start[X]; e < sx.start[X + 1]; ++e)
-              v = e == sx.start[X] ? xn[r * w + sx.col[e]] * sx.val[e] : std::fma(xn[r * w + sx.col[e]], sx.val[e], v);
-            u[r * W + X] = v;
-          }
-        for (int64_t y = 0; y < H; ++y) {
-          float* dst = out + (n * H + y) * W;
-          const int64_t e0 = sy.start[y], e1 = sy.start[y + 1];
-          if (e0 == e1) {
-            std::fill(dst, dst + W, 0.f);
-            continue;
-          }
-          const float a0 = sy.val[e0];
-          const float* u0 = u.data() + sy.col[e0] * W;
-          for (int64_t X = 0; X < W; ++X) dst[X] = a0 * u0[X];
-          for (int64_t e = e0 + 1; e < e1; ++e) {
-            const float a = sy.val[e];
-            const float* ue = u.data() + sy.col[e] * W;
-            for (int64_t X = 0; X < W; ++X) dst[X] = std::fma(a, ue[X], dst[X]);
-          }
-        }
+        resize_along_x(x + n * h * w, h, w, sx, W, u.data());
+        for (int64_t y = 0; y < H; ++y) resize_row_y(u.data(), W, sy, y, out + (n * H + y) * W);
       }
     });
     return 0;
