@@ -15,3 +15,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     || { echo "install.sh: dependencies failed to import" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
+# Record the commit for `ray job submit --working-dir .`, which does not upload .git (schemas/version.py).
+.venv/bin/python -m schemas.version --stamp > /dev/null \
+  || echo "install.sh: no git checkout here: rows will name the code by its source digest" >&2
