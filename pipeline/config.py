@@ -29,6 +29,7 @@ class ModelConfig:
     """
 
     arch: str = "ViT-B-16"
+    arch_json: Optional[str] = None  # text of the JSON config when ``arch`` is a .json path (see models.inline_arch)
     pretrained: Optional[str] = None
     weights: Optional[str] = None
     random_init: bool = False

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import pathlib
@@ -86,13 +87,20 @@ def vision_parts(model: nn.Module) -> VisionParts:
                        tuple(v.patch_size), v.ln_pre, blocks, v.ln_post, v.proj)
 
 
-def resolve_arch(arch: str) -> str:
-    """An open_clip model name, or a path to an open_clip-style JSON config (registered under its stem)."""
+def resolve_arch(arch: str, arch_json: Optional[str] = None) -> str:
+    """An open_clip model name, or a path to an open_clip-style JSON config (registered under its stem).
+
+    With ``arch_json`` (the config's text, shipped from the driver by ``inline_arch``) the file at ``arch``
+    is not read: the text is written once per node under the reslabel cache, keyed by its hash, and
+    registered from there, so a config that exists only where the job was started works on every node.
+    """
     import open_clip
 
     if arch.endswith(".json"):
         path = pathlib.Path(arch)
-        if not path.is_file():
+        if arch_json is not None:
+            path = _materialise_arch(path.stem, arch_json)
+        elif not path.is_file():
             raise ConfigError(f"architecture config {arch}: file not found")
         open_clip.add_model_config(path)
         return path.stem
@@ -100,6 +108,32 @@ def resolve_arch(arch: str) -> str:
         vits = [m for m in open_clip.list_models() if m.startswith("ViT-")]
         raise ConfigError(f"unknown architecture {arch!r}; valid ViT names: {', '.join(vits)} (or a .json config path)")
     return arch
+
+
+def _materialise_arch(stem: str, text: str) -> pathlib.Path:
+    """``<cache>/arch/<sha16>/<stem>.json`` holding ``text`` (written atomically once)."""
+    dest = _cache_dir() / "arch" / hashlib.sha256(text.encode()).hexdigest()[:16] / f"{stem}.json"
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, dest)
+    return dest
+
+
+def inline_arch(mc: ModelConfig) -> ModelConfig:
+    """``mc`` with the text of its JSON architecture config attached (read here, once), so that tasks on
+    other nodes need not see the file. Names and already-inlined configs are returned unchanged."""
+    if not mc.arch.endswith(".json") or mc.arch_json is not None:
+        return mc
+    from pipeline.vocabulary import read_text_uri
+
+    text = read_text_uri(mc.arch)
+    try:
+        json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"architecture config {mc.arch}: not valid JSON ({e})") from e
+    return dataclasses.replace(mc, arch_json=text)
 
 
 def _cache_dir() -> pathlib.Path:
@@ -292,7 +326,7 @@ def build_model(mc: ModelConfig) -> Tuple[nn.Module, str]:
     import open_clip
 
     mc.validate()
-    name = resolve_arch(mc.arch)
+    name = resolve_arch(mc.arch, mc.arch_json)
     quick = mc.activation == "quickgelu" or (mc.activation == "auto" and (mc.pretrained in (None, "openai")))
     if mc.pretrained is not None:
         try:
@@ -328,13 +362,13 @@ def tokenizer_for(mc: ModelConfig):
     """open_clip's tokenizer for the architecture (identical ids to OpenAI's for the CLIP models)."""
     import open_clip
 
-    return open_clip.get_tokenizer(resolve_arch(mc.arch))
+    return open_clip.get_tokenizer(resolve_arch(mc.arch, mc.arch_json))
 
 
 def arch_display_name(arch: str) -> str:
     return pathlib.Path(arch).stem if arch.endswith(".json") else arch
 
 
-__all__ = ["VisionParts", "Block", "vision_parts", "resolve_arch", "fetch_weights", "weights_digest",
+__all__ = ["VisionParts", "Block", "vision_parts", "resolve_arch", "inline_arch", "fetch_weights", "weights_digest",
            "load_state_dict", "check_state_dict", "build_model", "tokenizer_for", "WeightsError",
            "TORCH_DTYPES", "resolve_device", "arch_display_name", "slow_cpu_dtype"]

@@ -4,12 +4,14 @@ Resizing uses OpenCV's bilinear on uint8, as mmcv does, so label maps match the 
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import TYPE_CHECKING, Tuple
 
 import numpy as np
-import torch
 
 from pipeline.config import SegmenterConfig
+
+if TYPE_CHECKING:  # torch is imported where it is used: the job's read+decode tasks never load it
+    import torch
 
 # OpenAI CLIP constants ×255, RGB order.
 MEAN = (122.771, 116.746, 104.094)
@@ -51,9 +53,11 @@ def resize_for_config(image: np.ndarray, cfg: SegmenterConfig, name: str = "imag
     return cv2.resize(np.ascontiguousarray(image), (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def normalise(image: np.ndarray) -> torch.Tensor:
+def normalise(image: np.ndarray) -> "torch.Tensor":
     """RGB uint8 (H, W, 3) → float32 (3, H, W), (x − mean) / std per channel."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()  # (3, H, W)
+    import torch
+
+    x = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1).float()  # (3, H, W)
     mean = torch.tensor(MEAN).view(3, 1, 1)
     std = torch.tensor(STD).view(3, 1, 1)
     return (x - mean) / std

@@ -27,10 +27,9 @@ from pipeline.sliding_window import LogitAccumulator, Window, windows
 from pipeline.text import TextEmbeddings, encode_vocabulary
 from pipeline.variants import get_variant
 from pipeline.vocabulary import Vocabulary
+from schemas.version import code_version
 
-CODE_VERSION = "0.1.0"
-
-__all__ = ["Segmenter", "SegmentationResult", "CODE_VERSION"]
+__all__ = ["Segmenter", "SegmentationResult"]
 
 
 class Segmenter:
@@ -59,13 +58,14 @@ class Segmenter:
             pamr_native.kernel()  # build or load the fused PAMR kernel now, not inside the first batch
 
     @classmethod
-    def build(cls, config: SegmenterConfig, model: ModelConfig, *, text_embeddings: Optional[TextEmbeddings] = None,
-              text_cache: Optional[str] = None) -> "Segmenter":
-        """Validate the configs, load the vocabulary (before any model work), the model, and the text
-        embeddings (given, read from ``text_cache``, or computed)."""
+    def build(cls, config: SegmenterConfig, model: ModelConfig, *, vocabulary: Optional[Vocabulary] = None,
+              text_embeddings: Optional[TextEmbeddings] = None, text_cache: Optional[str] = None) -> "Segmenter":
+        """Validate the configs, load the vocabulary (before any model work; ``vocabulary`` when the caller
+        already read ``config.vocabulary``/``config.templates``), the model, and the text embeddings (given,
+        read from ``text_cache``, or computed)."""
         config.validate()
         model.validate()
-        vocab = Vocabulary.load(config.vocabulary, config.templates)
+        vocab = vocabulary if vocabulary is not None else Vocabulary.load(config.vocabulary, config.templates)
         if text_embeddings is not None and not text_embeddings.matches(vocab):
             raise ValueError("text_embeddings were computed for another vocabulary than config.vocabulary")
         net, digest = build_model(model)
@@ -85,7 +85,7 @@ class Segmenter:
              self.vocabulary.hash]).encode()).hexdigest()[:16]
         return dict(method=c.method, base=c.base, preset=c.preset, model=arch_display_name(self.model_config.arch),
                     weights_digest=self.weights_digest, vocabulary_hash=self.vocabulary.hash,
-                    config_hash=config_hash, code_version=CODE_VERSION)
+                    config_hash=config_hash, code_version=code_version())
 
     # ---- dense logits -------------------------------------------------------------------------
     def _buffer(self, shape: Tuple[int, ...]) -> torch.Tensor:
