@@ -29,6 +29,7 @@ RUNS = "runs"
 PLAN = "_plan.parquet"
 SUCCESS = "_SUCCESS.json"
 PLAN_KEY = b"reslabel.plan"
+TOP_ERRORS = 10  # error groups kept per part and per run
 _PART_RE = re.compile(r"part-(\d{5,})\.parquet$")
 
 
@@ -122,6 +123,28 @@ def part_table(tables: List[pa.Table], metadata: Dict[str, str]) -> pa.Table:
     return t.replace_schema_metadata(meta)
 
 
+def _error_message_key(error: str, source_uri: str) -> str:
+    """An error message with the image's own URI/path and the numbers in it replaced, so that the same failure
+    of many images groups under one message."""
+    msg = error
+    for name in (source_uri, source_uri.split("://", 1)[-1], source_uri.rsplit("/", 1)[-1]):
+        if name:
+            msg = msg.replace(name, "<input>")
+    return re.sub(r"\d+", "N", msg)[:300]
+
+
+def error_groups(table: pa.Table, keep: int = TOP_ERRORS) -> List[List]:
+    """Rows that are not ``ok`` (columns status, error, source_uri) grouped by (status, message pattern):
+    ``[[status, message, count, example source_uri], ...]``, the ``keep`` largest groups first."""
+    groups: Dict[Tuple[str, str], List] = {}
+    for status, error, uri in zip(*(table.column(c).to_pylist() for c in ("status", "error", "source_uri"))):
+        if status == "ok":
+            continue
+        key = (status, _error_message_key(error or "", uri or ""))
+        groups.setdefault(key, [status, key[1], 0, uri])[2] += 1
+    return sorted(groups.values(), key=lambda g: (-g[2], g[0], g[1]))[:keep]
+
+
 def write_part(run: str, shard: int, table: pa.Table) -> bool:
     return storage.write_new(part_uri(run, shard), _parquet_bytes(table))
 
@@ -137,20 +160,27 @@ def read_part_stats(run: str) -> List[Dict]:
         meta = json.loads((t.schema.metadata or {}).get(b"reslabel.part_stats", b"{}"))
         counts = collections.Counter(t.column("status").to_pylist())
         out.append(dict(name=uri.rsplit("/", 1)[-1], shard=shard, rows=t.num_rows, by_status=dict(counts),
-                        stage_seconds=meta.get("stage_seconds", {})))
+                        stage_seconds=meta.get("stage_seconds", {}), errors=meta.get("errors", [])))
     return out
 
 
-def success_record(run_id: str, plan_meta: Dict, parts: List[Dict], attempt: Dict) -> Dict:
-    """The ``_SUCCESS.json`` body: files, rows, status counts, stage seconds (summed over images), timings."""
+def success_record(run_id: str, run: str, plan_meta: Dict, parts: List[Dict], attempt: Dict) -> Dict:
+    """The ``_SUCCESS.json`` body: files, rows, status counts, the most frequent errors, stage seconds (summed
+    over images), timings."""
     by_status: collections.Counter = collections.Counter()
     stages: collections.Counter = collections.Counter()
+    errors: Dict[Tuple[str, str], List] = {}
     for p in parts:
         by_status.update(p["by_status"])
         stages.update(p["stage_seconds"])
-    return dict(run_id=run_id, schema_version=SCHEMA_VERSION, config_hash=plan_meta["config_hash"],
+        for status, message, count, example in p.get("errors", []):
+            errors.setdefault((status, message), [status, message, 0, example])[2] += count
+    top = sorted(errors.values(), key=lambda g: (-g[2], g[0], g[1]))[:TOP_ERRORS]
+    return dict(run_id=run_id, run_uri=run, schema_version=SCHEMA_VERSION, config_hash=plan_meta["config_hash"],
                 files=[{"name": p["name"], "rows": p["rows"]} for p in parts], rows=sum(p["rows"] for p in parts),
-                by_status=dict(by_status), stage_seconds_summed=dict(stages), attempt=attempt,
+                by_status=dict(by_status),
+                top_errors=[dict(status=s, message=m, count=c, example=e) for s, m, c, e in top],
+                stage_seconds_summed=dict(stages), attempt=attempt,
                 categories=plan_meta["categories"], provenance=plan_meta["provenance"], config=plan_meta["config"],
                 created_at=plan_meta["created_at"])
 

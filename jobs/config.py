@@ -6,7 +6,8 @@ Parquet key-value metadata, ``_SUCCESS.json``) and the Python API. It holds no c
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+import os
+from typing import Dict, List, Optional, Tuple
 
 from jobs.inputs import INPUT_FORMATS
 from pipeline import pamr_native
@@ -43,6 +44,7 @@ class LabelJobConfig:
     num_actors: int = 1
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0  # also the torch thread count of a CPU actor
+    actor_resources: Optional[Dict[str, float]] = None  # custom Ray resources per segment actor (node pinning)
     batch_size: int = 4  # images per actor call
     shard_size: int = 256  # images per committed part file
     read_batch_size: int = 16  # images per read+decode task call
@@ -55,6 +57,8 @@ class LabelJobConfig:
     text_cache: Optional[str] = None  # None: OUTPUT/_text_cache
     s3_endpoint: Optional[str] = None  # URL of an S3-compatible endpoint (never credentials)
     ray_address: Optional[str] = None  # None: $RAY_ADDRESS, else a local Ray
+    shared_fs: bool = False  # local --input/--output/--weights/--text-cache paths are mounted on every node
+    max_error_rate: float = 0.5  # the job fails (exit 3) when a larger share of its rows is not ok
 
     def validate(self) -> "LabelJobConfig":
         if self.input_format not in INPUT_FORMATS:
@@ -70,6 +74,12 @@ class LabelJobConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0 (got {getattr(self, name)})")
         if self.gpus_per_actor < 0 or self.cpus_per_actor <= 0:
             raise ConfigError("--gpus-per-actor must be >= 0 and --cpus-per-actor > 0")
+        if not 0.0 <= self.max_error_rate <= 1.0:
+            raise ConfigError(f"--max-error-rate {self.max_error_rate} must be a fraction in [0, 1]")
+        for name, amount in (self.actor_resources or {}).items():
+            if not isinstance(name, str) or not name or isinstance(amount, bool) or not isinstance(amount, (int, float)) \
+                    or amount <= 0:
+                raise ConfigError(f"--actor-resources: {name!r}: {amount!r} must map a resource name to a number > 0")
         if self.run_id is not None and (not self.run_id or "/" in self.run_id or self.run_id.startswith(("_", "."))):
             raise ConfigError(f"--run-id {self.run_id!r}: use letters, digits, '-', '_' or '.' (no '/', not starting with '_' or '.')")
         self.segmenter_config()
@@ -96,6 +106,18 @@ class LabelJobConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def task_paths(self) -> List[Tuple[str, Optional[str]]]:
+        """(option, value) of the paths that tasks and actors on any node read or write."""
+        return [(name, getattr(self, name)) for name in ("input", "output", "weights", "text_cache")]
+
+    def with_absolute_paths(self) -> "LabelJobConfig":
+        """Local relative paths made absolute against this process's working directory (the driver's)."""
+        def absolute(v: Optional[str]) -> Optional[str]:
+            if v is None or "://" in v and not v.startswith("file://"):
+                return v
+            return os.path.abspath(os.path.expanduser(v[len("file://"):] if v.startswith("file://") else v))
+        return dataclasses.replace(self, **{name: absolute(v) for name, v in self.task_paths()})
 
     # options that change the rows (beyond the segmenter's config hash): part of the run's config hash
     def row_options(self) -> dict:

@@ -10,13 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from typing import List, Optional
 
 from jobs.config import RETRY_POLICIES, LabelJobConfig
 from jobs.inputs import INPUT_FORMATS, InputError
+from jobs.runner import JobError
 from pipeline.config import DTYPES, ConfigError
 from pipeline.models import WeightsError
+from pipeline.pamr_native import KernelBuildError
 
 
 SMOKE_WARNING = ("!" * 78 + "\n!! SMOKE MODE (--random-weights): random CLIP weights. The job, the files and the\n"
@@ -49,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--num-actors", type=int, default=1)
     a("--gpus-per-actor", type=float, default=0.0)
     a("--cpus-per-actor", type=float, default=1.0, help="also the torch thread count on CPU")
+    a("--actor-resources", type=_json_object, metavar="JSON",
+      help='custom Ray resources per segment actor, e.g. \'{"gpu_node": 1}\' to pin actors to a node type')
     a("--batch-size", type=int, default=4, help="images per actor call")
     a("--shard-size", type=int, default=256, help="images per committed part file")
     a("--read-batch-size", type=int, default=16, help="images per read+decode task call")
@@ -61,7 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
     a("--text-cache", help="URI for cached text embeddings (default OUTPUT/_text_cache)")
     a("--s3-endpoint", help="S3-compatible endpoint URL (else AWS_ENDPOINT_URL)")
     a("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    a("--shared-fs", action="store_true",
+      help="local --input/--output/--weights/--text-cache paths are on a filesystem every node mounts (multi-node)")
+    a("--max-error-rate", type=float, default=LabelJobConfig.max_error_rate,
+      help="exit 3 (job FAILED) when a larger share of the run's rows is not ok; the rows are committed anyway")
     return p
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
 
 
 def config_from_args(argv: Optional[List[str]] = None) -> LabelJobConfig:
@@ -69,22 +88,57 @@ def config_from_args(argv: Optional[List[str]] = None) -> LabelJobConfig:
     return LabelJobConfig(**ns).validate()
 
 
+EXIT_ERROR = 2  # the job could not run: bad config, input, weights, paths (`error: ...`)
+EXIT_FAILED_RUN = 3  # the run is committed, but too many of its rows failed (--max-error-rate)
+USER_ERRORS = (ConfigError, InputError, JobError, KeyError, PermissionError, FileNotFoundError, WeightsError,
+               KernelBuildError)
+_TRACEBACK_LAST_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+): (.+)$")
+
+
+def user_error(exc: BaseException) -> Optional[str]:
+    """The one-line message of a known user-facing error, also when it was raised inside a Ray task (a
+    ``RayTaskError`` carrying it as ``cause``) or an actor's constructor (an ``ActorDiedError`` that carries only
+    the remote traceback's text); None for anything else."""
+    names = {t.__name__ for t in USER_ERRORS}
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, USER_ERRORS):
+            exc = getattr(exc, "cause", None) or exc  # RayTaskError(X) is an X whose .cause is the original
+            return exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        if getattr(exc, "actor_init_failed", False):
+            lines = [m for m in map(_TRACEBACK_LAST_LINE.match, str(exc).splitlines()) if m and m.group(1) in names]
+            if lines:
+                return lines[-1].group(2)
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """The CLI: exit 0 (committed, or nothing to label), 2 (`error: ...`, nothing labeled), 3 (committed, but the
+    run failed --max-error-rate; the summary names the most frequent errors), 1 (an unexpected crash)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from jobs.runner import JobError, run_job
+    from jobs.runner import policy_failure, run_job
 
     try:
         cfg = config_from_args(argv)
         if cfg.random_weights:
             print(SMOKE_WARNING, file=sys.stderr, flush=True)
         summary = run_job(cfg)
-    except (ConfigError, InputError, JobError, KeyError, PermissionError, FileNotFoundError, WeightsError) as e:
-        e = getattr(e, "cause", None) or e  # a Ray task error carries the original exception
-        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
-        return 2
-    print(format_summary(summary))
+    except Exception as e:  # noqa: BLE001 - known errors become one line; the rest keeps its traceback
+        message = user_error(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+    print(format_summary(summary), flush=True)
     if cfg.random_weights:
         print(SMOKE_WARNING, file=sys.stderr, flush=True)
+    failure = policy_failure(summary, cfg.max_error_rate)
+    if failure:
+        print(f"error: run {summary['run_id']} failed: {failure}; its rows are committed (see top errors above)",
+              file=sys.stderr)
+        return EXIT_FAILED_RUN
     return 0
 
 
@@ -93,10 +147,15 @@ def format_summary(s: dict) -> str:
         return f"nothing to label: every input is already committed (config {s.get('config_hash')})"
     a = s.get("attempt", {})
     lines = [f"run {s['run_id']}: {s['rows']} rows committed in {len(s['files'])} parts",
+             f"  output: {s.get('run_uri', '?')}",
              f"  this attempt: {a.get('images_labeled', 0)} images in {a.get('label_seconds', 0)} s "
              f"({a.get('images_per_second', 0)} images/s), total {a.get('wall_seconds', 0)} s",
              "  by status: " + json.dumps(s["by_status"], sort_keys=True),
              "  stage seconds (summed over images): " + json.dumps({k: round(v, 2) for k, v in s["stage_seconds_summed"].items()})]
+    top = s.get("top_errors") or []
+    if top:
+        lines.append("  top errors:")
+        lines += [f"    {e['count']} x {e['status']}: {e['message']} (e.g. {e['example']})" for e in top[:5]]
     return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ import datetime
 import hashlib
 import json
 import logging
-import subprocess
+import os
 import time
 import uuid
 from typing import Dict, List, Optional
@@ -18,10 +18,11 @@ from typing import Dict, List, Optional
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from jobs import commit, storage
+from jobs import cluster, commit, storage
 from jobs.config import RETRY_POLICIES, LabelJobConfig
 from jobs.inputs import InputOptions, build_index
 from jobs.stages import TIMING_COLUMNS, SegmentStage, read_decode
+from schemas.version import code_version
 
 log = logging.getLogger("reslabel.job")
 DECODE_MEMORY = 512 * 2**20  # bytes reserved per read+decode task
@@ -32,50 +33,53 @@ class JobError(RuntimeError):
     """The job cannot run (config/run-id conflict); raised before any labeling work."""
 
 
-def _code_version(base: str) -> str:
-    try:
-        import pathlib
-
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=pathlib.Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{base}+g{sha}" if sha else base
-
-
-def _prepare(seg_cfg, mc, cache_uri: str, row_options: Dict, background: str, threads: int,
+def _prepare(seg_cfg, mc, vocab, cache_uri: str, row_options: Dict, background: str, threads: int,
              s3_endpoint: Optional[str]) -> Dict:
-    """Ray task: load the model once, compute (or load cached) text embeddings, and the provenance."""
+    """Ray task: load the model once, read the cached text embeddings or compute them, and the provenance.
+
+    The driver writes a freshly computed cache (this task may run on a node whose disk it cannot see)."""
     import torch
 
     from pipeline.models import build_model
     from pipeline.segmenter import Segmenter
     from pipeline.segments import background_ids
     from pipeline.text import encode_vocabulary
-    from pipeline.vocabulary import Vocabulary
 
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("pipeline").setLevel(logging.INFO)  # text-encoding progress reaches the driver's log
     storage.apply_endpoint(s3_endpoint)
     if not torch.cuda.is_available():
         torch.set_num_threads(max(1, threads))
-    vocab = Vocabulary.load(seg_cfg.vocabulary, seg_cfg.templates)
     net, digest = build_model(mc)
-    te = encode_vocabulary(mc, vocab, net, digest, cache_uri=cache_uri)
+    te = encode_vocabulary(mc, vocab, net, digest, cache_uri=cache_uri, write_cache=False)
     prov = Segmenter(seg_cfg, mc, net, digest, vocab, te).provenance()
     exclude = background_ids(seg_cfg.vocabulary, vocab.class_names, background)
     job_hash = hashlib.sha256(json.dumps([prov["config_hash"], row_options, exclude]).encode()).hexdigest()[:16]
-    prov = {**prov, "config_hash": job_hash, "code_version": _code_version(prov["code_version"])}
-    return dict(text=te, provenance=prov, class_names=list(vocab.class_names), exclude=exclude)
+    return dict(text=te, provenance={**prov, "config_hash": job_hash}, class_names=list(vocab.class_names),
+                exclude=exclude)
+
+
+def _write_text_cache(cache_uri: str, te) -> None:
+    """Write the text embeddings the prepare task computed, from the driver, unless already cached."""
+    from pipeline.text import cache_target
+
+    target = cache_target(cache_uri, te.key)
+    if not storage.exists(target):
+        te.save(target)
+        log.info("text embeddings cached at %s", target)
+
+
+def _cluster_address(cfg: LabelJobConfig) -> Optional[str]:
+    return cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
 
 
 def _init_ray(cfg: LabelJobConfig) -> bool:
     """Connect or start Ray; True when this call started it (and must shut it down)."""
-    import os
-
     import ray
 
     if ray.is_initialized():
         return False
-    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    address = _cluster_address(cfg)
     ray.init(address=address) if address else ray.init(address="local")
     return True
 
@@ -150,8 +154,9 @@ class ShardWriter:
     def _flush(self, shard: int) -> None:
         tables = self.buffers.pop(shard)
         stages = {c[3:]: float(sum(pc.sum(t.column(c)).as_py() or 0.0 for t in tables)) for c in TIMING_COLUMNS}
+        errors = commit.error_groups(pa.concat_tables(tables).select(["status", "error", "source_uri"]))
         meta = {**self.metadata, "reslabel.shard": str(shard),
-                "reslabel.part_stats": json.dumps({"stage_seconds": stages})}
+                "reslabel.part_stats": json.dumps({"stage_seconds": stages, "errors": errors})}
         table = commit.part_table(tables, meta)
         if table.num_rows != self.expected[shard] or len(set(table.column("image_id").to_pylist())) != table.num_rows:
             raise RuntimeError(f"shard {shard}: {table.num_rows} rows for {self.expected[shard]} planned images")
@@ -164,7 +169,8 @@ class ShardWriter:
         return sorted(set(self.expected) - set(self.written))
 
 
-def _label(cfg, run: str, todo: pa.Table, prep: Dict, text_ref, seg_cfg, mc, metadata: Dict[str, str]) -> ShardWriter:
+def _label(cfg, run: str, todo: pa.Table, prep: Dict, text_ref, seg_cfg, mc, vocab,
+           metadata: Dict[str, str]) -> ShardWriter:
     """Run the Ray Data pipeline over ``todo`` (plan rows of uncommitted shards), writing parts as shards complete."""
     import ray
 
@@ -181,8 +187,8 @@ def _label(cfg, run: str, todo: pa.Table, prep: Dict, text_ref, seg_cfg, mc, met
     ds = ds.map_batches(
         SegmentStage, batch_format="pyarrow", batch_size=cfg.batch_size, udf_modifying_row_count=False,
         compute=ray.data.ActorPoolStrategy(size=cfg.num_actors), num_gpus=cfg.gpus_per_actor or None,
-        num_cpus=cfg.cpus_per_actor,
-        fn_constructor_kwargs=dict(seg_config=seg_cfg, model_config=mc, text_embeddings=text_ref,
+        num_cpus=cfg.cpus_per_actor, resources=cfg.actor_resources or None,
+        fn_constructor_kwargs=dict(seg_config=seg_cfg, model_config=mc, vocabulary=vocab, text_embeddings=text_ref,
                                    provenance=prep["provenance"], run_id=metadata["reslabel.run_id"],
                                    exclude_ids=prep["exclude"], torch_threads=int(cfg.cpus_per_actor),
                                    s3_endpoint=cfg.s3_endpoint))
@@ -192,42 +198,83 @@ def _label(cfg, run: str, todo: pa.Table, prep: Dict, text_ref, seg_cfg, mc, met
 
 
 def run_job(cfg: LabelJobConfig) -> Dict:
-    """Run (or resume, or finish) one labeling job; returns the summary also stored in ``_SUCCESS.json``."""
+    """Run (or resume, or finish) one labeling job; returns the summary also stored in ``_SUCCESS.json``.
+
+    The run is committed whatever its rows say; ``policy_failure(summary, cfg.max_error_rate)`` tells whether
+    the job should be reported as failed (the CLI exits 3)."""
     import ray
+
+    from pipeline.models import inline_arch
+    from pipeline.vocabulary import Vocabulary
 
     t0 = time.perf_counter()
     cfg.validate()
+    cluster.check_relative(cfg.task_paths(), cluster.Submission.from_env(), os.getcwd())
+    cfg = cfg.with_absolute_paths()
     storage.apply_endpoint(cfg.s3_endpoint)
     output = storage.normalize(cfg.output)
-    seg_cfg, mc = cfg.segmenter_config(), cfg.model_config()
-    from pipeline.vocabulary import Vocabulary
-
-    Vocabulary.load(seg_cfg.vocabulary, seg_cfg.templates)  # a bad vocabulary fails here, before any work
-    if cfg.run_id and storage.exists(storage.join(commit.run_uri(output, cfg.run_id), commit.SUCCESS)):
-        log.warning("run %s is already committed; nothing to do", cfg.run_id)
-        return storage.read_json(storage.join(commit.run_uri(output, cfg.run_id), commit.SUCCESS))
-    index = build_index(storage.normalize(cfg.input), cfg.input_format,
-                        InputOptions(cfg.bytes_column, cfg.id_column, cfg.uri_column))
-    storage.check_writable(output)
-    started = _init_ray(cfg)
+    seg_cfg = cfg.segmenter_config()
+    vocab = Vocabulary.load(seg_cfg.vocabulary, seg_cfg.templates)  # read once, here; shipped to every task
+    mc = inline_arch(cfg.model_config())  # a JSON architecture config travels as text, too
+    started = False
     try:
-        threads = int(cfg.cpus_per_actor)
-        prep_task = ray.remote(_prepare).options(num_cpus=cfg.cpus_per_actor, num_gpus=min(cfg.gpus_per_actor, 1.0) or None)
-        prep = ray.get(prep_task.remote(seg_cfg, mc, cfg.text_cache or storage.join(output, "_text_cache"),
-                                        cfg.row_options(), cfg.background, threads, cfg.s3_endpoint))
+        if _cluster_address(cfg) and not ray.is_initialized():
+            started = _init_ray(cfg)  # connect first: the cluster's nodes decide which local paths are safe
+        if ray.is_initialized():
+            cluster.check_local(cfg.task_paths(), cluster.Placement.of_running_ray(), cfg.shared_fs)
+        run_uri = commit.run_uri(output, cfg.run_id) if cfg.run_id else None
+        if run_uri and storage.exists(storage.join(run_uri, commit.SUCCESS)):
+            log.warning("run %s is already committed; nothing to do", cfg.run_id)
+            return storage.read_json(storage.join(run_uri, commit.SUCCESS))
+        index = build_index(storage.normalize(cfg.input), cfg.input_format,
+                            InputOptions(cfg.bytes_column, cfg.id_column, cfg.uri_column))
+        storage.check_writable(output)
+        started = _init_ray(cfg) or started
+        prep = _run_prepare(cfg, output, seg_cfg, mc, vocab)
         t_prepare = time.perf_counter() - t0
         run_id = _register(cfg, output, index, prep, seg_cfg, mc)
         if run_id is None:
             log.warning("nothing to label: all %d inputs are committed for config %s", index.num_rows,
                         prep["provenance"]["config_hash"])
             return dict(run_id=None, rows=0, new_images=0, config_hash=prep["provenance"]["config_hash"])
-        return _label_and_commit(cfg, output, run_id, prep, seg_cfg, mc, t0, t_prepare)
+        return _label_and_commit(cfg, output, run_id, prep, seg_cfg, mc, vocab, t0, t_prepare)
     finally:
         if started:
             ray.shutdown()
 
 
-def _label_and_commit(cfg, output: str, run_id: str, prep: Dict, seg_cfg, mc, t0: float, t_prepare: float) -> Dict:
+def _run_prepare(cfg: LabelJobConfig, output: str, seg_cfg, mc, vocab) -> Dict:
+    """The prepare task (model + text embeddings, once per job), then the text cache written from here."""
+    import ray
+
+    cache_uri = cfg.text_cache or storage.join(output, "_text_cache")
+    log.info("preparing: model %s and the text embeddings of %d queries x %d templates (cache %s)", mc.arch,
+             vocab.num_queries, len(vocab.templates), cache_uri)
+    task = ray.remote(max_calls=1)(_prepare).options(  # its worker exits after: the model's memory is freed
+        num_cpus=cfg.cpus_per_actor, num_gpus=min(cfg.gpus_per_actor, 1.0) or None)
+    prep = ray.get(task.remote(seg_cfg, mc, vocab, cache_uri, cfg.row_options(), cfg.background,
+                               int(cfg.cpus_per_actor), cfg.s3_endpoint))
+    prep["provenance"]["code_version"] = code_version()  # the driver's: the code this job was submitted with
+    _write_text_cache(cache_uri, prep["text"])
+    return prep
+
+
+def policy_failure(summary: Dict, max_error_rate: float) -> Optional[str]:
+    """Why a committed run counts as a failed job (no ``ok`` row, or more than ``max_error_rate`` of its rows
+    not ``ok``), or None. The rows stay committed either way: they are true."""
+    rows = int(summary.get("rows") or 0)
+    if not summary.get("run_id") or rows == 0:
+        return None
+    failed = rows - int(summary.get("by_status", {}).get("ok", 0))
+    if failed == rows:
+        return f"no image was labeled: all {rows} rows failed"
+    if failed / rows > max_error_rate:
+        return f"{failed} of {rows} rows failed ({failed / rows:.1%}), above --max-error-rate {max_error_rate:g}"
+    return None
+
+
+def _label_and_commit(cfg, output: str, run_id: str, prep: Dict, seg_cfg, mc, vocab, t0: float,
+                      t_prepare: float) -> Dict:
     import ray
 
     run = commit.run_uri(output, run_id)
@@ -242,7 +289,7 @@ def _label_and_commit(cfg, output: str, run_id: str, prep: Dict, seg_cfg, mc, t0
     labeled = 0
     if todo.num_rows:
         text_ref = ray.put(prep["text"])  # kept alive for the whole pipeline (actor restarts re-read it)
-        writer = _label(cfg, run, todo, prep, text_ref, seg_cfg, mc, metadata)
+        writer = _label(cfg, run, todo, prep, text_ref, seg_cfg, mc, vocab, metadata)
         if writer.missing():
             raise RuntimeError(f"run {run_id}: shards {writer.missing()[:10]} got no rows; rerun to resume")
         labeled = writer.rows
@@ -251,7 +298,7 @@ def _label_and_commit(cfg, output: str, run_id: str, prep: Dict, seg_cfg, mc, t0
     attempt = dict(images_labeled=labeled, shards_resumed=len(done), wall_seconds=round(time.perf_counter() - t0, 3),
                    prepare_seconds=round(t_prepare, 3), label_seconds=round(t_label, 3),
                    images_per_second=round(labeled / t_label, 3) if t_label > 0 and labeled else 0.0)
-    record = commit.success_record(run_id, meta, parts, attempt)
+    record = commit.success_record(run_id, run, meta, parts, attempt)
     if record["rows"] != meta["rows"]:
         raise RuntimeError(f"run {run_id}: {record['rows']} committed rows for {meta['rows']} planned images")
     commit.write_success(run, record)

@@ -71,10 +71,10 @@ def _decode_one(r: Dict, fetched, seg_config, max_pixels: int) -> Dict:
 
 
 class SegmentStage:
-    """Actor: builds the ``Segmenter`` once (shared text embeddings from the object store), then turns
-    decoded batches into label rows (``schemas.LABEL_SCHEMA`` + private columns)."""
+    """Actor: builds the ``Segmenter`` once (the vocabulary read by the driver, shared text embeddings from the
+    object store), then turns decoded batches into label rows (``schemas.LABEL_SCHEMA`` + private columns)."""
 
-    def __init__(self, seg_config, model_config, text_embeddings, provenance: Dict[str, str], run_id: str,
+    def __init__(self, seg_config, model_config, vocabulary, text_embeddings, provenance: Dict[str, str], run_id: str,
                  exclude_ids: Sequence[int], torch_threads: int, s3_endpoint: Optional[str] = None):
         import ray
         import torch
@@ -85,7 +85,7 @@ class SegmentStage:
         if not torch.cuda.is_available():
             torch.set_num_threads(max(1, int(torch_threads)))  # Ray sets OMP_NUM_THREADS=1 in workers
         te = ray.get(text_embeddings) if isinstance(text_embeddings, ray.ObjectRef) else text_embeddings
-        self.seg = Segmenter.build(seg_config, model_config, text_embeddings=te)
+        self.seg = Segmenter.build(seg_config, model_config, vocabulary=vocabulary, text_embeddings=te)
         own = self.seg.provenance()
         for k in ("weights_digest", "vocabulary_hash", "method", "base", "preset"):
             if own[k] != provenance[k]:
