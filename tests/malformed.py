@@ -50,6 +50,26 @@ def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
             + _png_chunk(b"IEND", b""))
 
 
+def _jpeg_segment(jpg: bytes, marker: int) -> int:
+    """Offset of the first ``FF marker`` segment of ``jpg``, walking the segment lengths from SOI."""
+    pos = 2
+    while jpg[pos + 1] != marker:
+        pos += 2 + struct.unpack(">H", jpg[pos + 2:pos + 4])[0]
+    return pos
+
+
+def header_only_jpeg(width: int, height: int, scan_data: bytes = b"", sof: int = 0xC0) -> bytes:
+    """A baseline 4:2:0 JPEG whose intact headers declare ``width`` x ``height`` and whose first scan holds
+    only ``scan_data`` before EOI (libjpeg fills the missing blocks with grey). ``sof`` replaces the SOF0
+    marker byte (e.g. 0xC9 arithmetic, 0xC3 lossless). About 600 bytes plus ``scan_data``."""
+    jpg = _save(Image.new("RGB", (16, 16), (90, 120, 200)), "JPEG", quality=10)
+    at = _jpeg_segment(jpg, 0xC0)  # FF C0, length, precision, height, width
+    jpg = jpg[:at + 1] + bytes([sof]) + jpg[at + 2:at + 5] + struct.pack(">HH", height, width) + jpg[at + 9:]
+    sos = _jpeg_segment(jpg, 0xDA)
+    data_start = sos + 2 + struct.unpack(">H", jpg[sos + 2:sos + 4])[0]
+    return jpg[:data_start] + scan_data + b"\xff\xd9"
+
+
 def corrupt_exif_jpeg() -> bytes:
     """A valid JPEG whose APP1 Exif segment holds a TIFF header pointing its IFD far past the end."""
     jpg = _save(_photo("coffee"), "JPEG")

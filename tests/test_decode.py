@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.decode import decode_image
+from pipeline.decode import JpegFrame, decode_image, jpeg_scan_blocks, jpeg_scan_shortfall
 from schemas import Status
+from tests.malformed import header_only_jpeg
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -88,3 +89,105 @@ def test_unsupported_format():
 def test_one_pixel_ok():
     d = decode_image(_encode(Image.new("RGB", (1, 1), (1, 2, 3)), "PNG"))
     assert d.status == "ok" and d.image.tolist() == [[[1, 2, 3]]]
+
+
+# --- JPEG whose first scan cannot hold its blocks: refused before any pixel memory -------------------------
+
+def _noise(h: int, w: int, mode: str = "RGB") -> Image.Image:
+    a = np.random.default_rng(h * 1000 + w).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return Image.fromarray(a, "RGB").convert(mode)
+
+
+def _mpo() -> bytes:
+    buf = io.BytesIO()
+    _noise(24, 32).save(buf, "MPO", save_all=True, append_images=[_noise(24, 32, "RGB").rotate(90)])
+    return buf.getvalue()
+
+
+GOOD_JPEGS = {  # name → (bytes, (height, width)); constant colours with optimize=True meet the bound exactly
+    "baseline-420": (_encode(_noise(37, 53), "JPEG"), (37, 53)),
+    "444": (_encode(_noise(37, 53), "JPEG", subsampling=0), (37, 53)),
+    "422": (_encode(_noise(37, 53), "JPEG", subsampling=1), (37, 53)),
+    "progressive": (_encode(_noise(37, 53), "JPEG", progressive=True), (37, 53)),
+    "optimize": (_encode(_noise(37, 53), "JPEG", optimize=True), (37, 53)),
+    "progressive-optimize": (_encode(_noise(37, 53), "JPEG", progressive=True, optimize=True), (37, 53)),
+    "restart-blocks": (_encode(_noise(37, 53), "JPEG", restart_marker_blocks=1), (37, 53)),
+    "restart-rows": (_encode(_noise(37, 53), "JPEG", restart_marker_rows=1, optimize=True), (37, 53)),
+    "grayscale": (_encode(_noise(37, 53, "L"), "JPEG"), (37, 53)),
+    "grayscale-progressive": (_encode(_noise(37, 53, "L"), "JPEG", progressive=True), (37, 53)),
+    "cmyk": (_encode(_noise(37, 53, "CMYK"), "JPEG"), (37, 53)),
+    "1x1": (_encode(Image.new("RGB", (1, 1), (9, 8, 7)), "JPEG"), (1, 1)),
+    "8x8-gray": (_encode(Image.new("L", (8, 8), 3), "JPEG", optimize=True), (8, 8)),
+    "constant-optimize-420": (_encode(Image.new("RGB", (1500, 1000)), "JPEG", optimize=True), (1000, 1500)),
+    "constant-optimize-444": (_encode(Image.new("RGB", (999, 1001)), "JPEG", optimize=True, subsampling=0),
+                              (1001, 999)),
+    "constant-progressive-cmyk": (_encode(Image.new("CMYK", (1001, 777)), "JPEG", progressive=True, optimize=True),
+                                  (777, 1001)),
+    "large-restart": (_encode(Image.new("RGB", (3000, 2000), (200, 30, 30)), "JPEG", optimize=True,
+                              restart_marker_blocks=3), (2000, 3000)),
+    "mpo": (_mpo(), (24, 32)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GOOD_JPEGS))
+def test_real_jpegs_still_decode(name):
+    data, shape = GOOD_JPEGS[name]
+    assert jpeg_scan_shortfall(data) is None
+    d = decode_image(data)
+    assert d.status == "ok", d.error
+    assert d.image.shape == (*shape, 3)
+
+
+@pytest.mark.parametrize("kept", [0, 12, 100])
+def test_header_only_jpeg_is_decode_error(kept):
+    d = decode_image(header_only_jpeg(8000, 8000, b"\x5a" * kept), max_pixels=100_000_000)
+    assert d.status == Status.DECODE_ERROR.value and d.image is None and (d.width, d.height) == (8000, 8000)
+    assert d.error == (f"JPEG pixel data truncated: the first scan holds {kept} bytes, "
+                       f"its 1500000 blocks need at least 375000")
+
+
+def test_truncated_scan_with_restart_markers_and_stuffing():
+    """RSTn markers and stuffed FF00 bytes inside the scan count as data; the next other marker ends it."""
+    data = header_only_jpeg(64, 64, b"\x12\xff\x00\x34\xff\xd0\x56")  # 7 bytes; 64x64 4:2:0 = 16 MCUs x 6 blocks
+    assert jpeg_scan_shortfall(data) == ("JPEG pixel data truncated: the first scan holds 7 bytes, "
+                                         "its 96 blocks need at least 24")
+    assert jpeg_scan_shortfall(header_only_jpeg(64, 64, b"\xff\x00" * 12)) is None  # 24 bytes: the bound, not more
+
+
+def test_bound_follows_the_scan_kind():
+    """Sequential: 2 bits per block; progressive DC-first: 1 bit; progressive AC, lossless and arithmetic-coded
+    frames are not checked."""
+    assert "need at least 375000" in jpeg_scan_shortfall(header_only_jpeg(8000, 8000))
+    progressive_dc = header_only_jpeg(8000, 8000, sof=0xC2)  # the SOS says Ss=0, Se=63: patch to a DC scan
+    sos = progressive_dc.rindex(b"\xff\xda")
+    dc_first = progressive_dc[:sos + 11] + b"\x00\x00" + progressive_dc[sos + 13:]
+    assert "need at least 187500" in jpeg_scan_shortfall(dc_first)
+    ac_first = progressive_dc[:sos + 11] + b"\x01\x3f" + progressive_dc[sos + 13:]
+    assert jpeg_scan_shortfall(ac_first) is None
+    for sof in (0xC3, 0xC9, 0xCA, 0xCB):  # lossless, arithmetic sequential/progressive/lossless
+        assert jpeg_scan_shortfall(header_only_jpeg(8000, 8000, sof=sof)) is None
+
+
+def test_block_counts_interleaved_and_single_component():
+    """Hand-counted from ITU-T T.81 A.2: 4:2:0 (Y 2x2, Cb/Cr 1x1)."""
+    frame = JpegFrame(0xC0, width=17, height=9, sampling={1: (2, 2), 2: (1, 1), 3: (1, 1)})
+    assert jpeg_scan_blocks(frame, (1, 2, 3)) == 2 * 1 * 6  # MCUs of 16x16 pixels, 6 blocks each
+    assert jpeg_scan_blocks(frame, (1,)) == 3 * 2  # Y is 17x9 pixels
+    assert jpeg_scan_blocks(frame, (2,)) == 2 * 1  # Cb is ceil(17/2) x ceil(9/2) = 9x5 pixels
+    assert jpeg_scan_blocks(frame, (2, 3)) == 2 * 1 * 2  # interleaved chroma: still MCUs of the frame
+    big = JpegFrame(0xC0, width=8000, height=8000, sampling={1: (2, 2), 2: (1, 1), 3: (1, 1)})
+    assert jpeg_scan_blocks(big, (1, 2, 3)) == 1_500_000 and jpeg_scan_blocks(big, (1,)) == 1_000_000
+
+
+def test_parser_never_raises_on_damaged_jpegs():
+    """Every prefix and 500 random single-byte changes of a real progressive JPEG: a message or None, never
+    an exception; the intact file is not refused."""
+    data = _encode(_noise(20, 30), "JPEG", progressive=True, restart_marker_blocks=2)
+    assert jpeg_scan_shortfall(data) is None
+    rng = np.random.default_rng(0)
+    damaged = [data[:n] for n in range(1, len(data))]
+    for at, value in zip(rng.integers(0, len(data), 500), rng.integers(0, 256, 500)):
+        damaged.append(data[:at] + bytes([value]) + data[at + 1:])
+    for bad in damaged:
+        assert jpeg_scan_shortfall(bad) is None or jpeg_scan_shortfall(bad).startswith("JPEG pixel data truncated")
+        assert decode_image(bad).status in ("ok", "decode_error")
