@@ -3,8 +3,11 @@
 Order of checks (each failure is a ``Decoded`` with a ``schemas.Status`` value and a message):
 
 1. ``empty``: zero bytes.
-2. ``too_large`` while Pillow reads the headers: sizes above twice Pillow's bomb limit
-   ``Image.MAX_IMAGE_PIXELS``; width and height are then unknown (None).
+2. ``too_large`` while Pillow reads the headers, for sizes above twice its bomb limit
+   ``Image.MAX_IMAGE_PIXELS`` (89.5 Mpx unless changed). For the ``Image.open`` call the limit is raised to
+   ``max_pixels`` when that is higher, so Pillow never refuses what the caller allows, and absurd sizes are
+   still refused before any plugin allocates (WebP reserves its canvas while opening). Width and height
+   are then unknown (None).
 3. ``decode_error`` when Pillow cannot identify the bytes: "not a recognised image (N bytes, starts ...)".
 4. ``unsupported``: a format outside ``ALLOWED_FORMATS``.
 5. ``too_large``: declared width*height above ``max_pixels`` (our own message, with the size).
@@ -17,10 +20,12 @@ Success applies the EXIF orientation and converts any mode (L, P, RGBA, CMYK, I;
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
+import threading
 import warnings
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -29,6 +34,12 @@ from schemas import Status
 
 ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF"})
 DEFAULT_MAX_PIXELS = 64_000_000  # width * height of the declared (pre-decode) size
+
+# Pillow re-runs its bomb check against the global limit when a TIFF allocates its pixels
+# (TiffImageFile.load_prepare), so these formats load under the caller's limit too (and the module lock:
+# TIFF decodes in one process run one at a time).
+_BOMB_CHECKED_AT_LOAD = frozenset({"TIFF"})
+_PIXEL_LIMIT_LOCK = threading.Lock()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,21 +59,40 @@ class Decoded:
 
 def decode_image(data: Optional[bytes], max_pixels: int = DEFAULT_MAX_PIXELS,
                  allowed_formats: frozenset = ALLOWED_FORMATS) -> Decoded:
-    """Decode ``data`` (encoded file bytes) into RGB uint8; see the module docstring for statuses."""
+    """Decode ``data`` (encoded file bytes) into RGB uint8; see the module docstring for statuses.
+
+    ``max_pixels`` bounds the declared width*height, also above ``Image.MAX_IMAGE_PIXELS``.
+    """
     if data is None or len(data) == 0:
         return Decoded(Status.EMPTY.value, error="zero bytes")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    with _pillow_pixel_limit(max_pixels):
         try:
             img = Image.open(io.BytesIO(data))
         except Image.DecompressionBombError as e:
-            return Decoded(Status.TOO_LARGE.value, error=f"declared size too large: {e}")
+            return Decoded(Status.TOO_LARGE.value, error=f"declared size above max_pixels {max_pixels} "
+                                                          f"(Pillow refused it while reading the headers: {e})")
         except UnidentifiedImageError:
             return Decoded(Status.DECODE_ERROR.value,
                            error=f"not a recognised image ({len(data)} bytes, starts {data[:8]!r})")
         except Exception as e:  # noqa: BLE001 - any parser failure is this image's problem
             return Decoded(Status.DECODE_ERROR.value, error=f"cannot open image: {type(e).__name__}: {e}")
-        return _decode_opened(img, data, max_pixels, allowed_formats)
+    return _decode_opened(img, data, max_pixels, allowed_formats)
+
+
+@contextlib.contextmanager
+def _pillow_pixel_limit(max_pixels: int) -> Iterator[None]:
+    """Raise Pillow's global ``Image.MAX_IMAGE_PIXELS`` to at least ``max_pixels`` for the block (never lower
+    it; None, Pillow's "no limit", stays None) and silence its ``DecompressionBombWarning`` (sizes above
+    ``max_pixels`` get a status instead). Both globals are changed under a module lock, so concurrent decodes
+    never see each other's values, and are always restored."""
+    with _PIXEL_LIMIT_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None if saved is None else max(saved, max_pixels)
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 def _decode_opened(img: Image.Image, data: bytes, max_pixels: int, allowed_formats: frozenset) -> Decoded:
@@ -78,7 +108,8 @@ def _decode_opened(img: Image.Image, data: bytes, max_pixels: int, allowed_forma
         if short is not None:
             return Decoded(Status.DECODE_ERROR.value, error=short, width=w, height=h)
     try:
-        img.load()
+        with _pillow_pixel_limit(max_pixels) if img.format in _BOMB_CHECKED_AT_LOAD else contextlib.nullcontext():
+            img.load()
         img = ImageOps.exif_transpose(img)
         rgb = to_rgb_array(img)
     except Exception as e:  # noqa: BLE001 - truncated / corrupt pixel data

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -9,7 +10,9 @@ from PIL import Image
 
 from pipeline.decode import JpegFrame, decode_image, jpeg_scan_blocks, jpeg_scan_shortfall
 from schemas import Status
-from tests.malformed import header_only_jpeg
+from tests.malformed import bomb_png, header_only_jpeg
+
+DEFAULT_PILLOW_LIMIT = Image.MAX_IMAGE_PIXELS
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -191,3 +194,120 @@ def test_parser_never_raises_on_damaged_jpegs():
     for bad in damaged:
         assert jpeg_scan_shortfall(bad) is None or jpeg_scan_shortfall(bad).startswith("JPEG pixel data truncated")
         assert decode_image(bad).status in ("ok", "decode_error")
+
+
+# --- max_pixels above Pillow's own bomb limit ----------------------------------------------------------------
+
+def test_max_pixels_above_pillows_limit_is_honoured():
+    bomb = bomb_png(15000, 15000)  # 225 Mpx declared: above Pillow's 2 x 89.5 Mpx
+    d = decode_image(bomb, max_pixels=300_000_000)
+    assert d.status == Status.DECODE_ERROR.value and "truncated" in d.error, d.error
+    d = decode_image(bomb, max_pixels=200_000_000)
+    assert d.status == Status.TOO_LARGE.value and (d.width, d.height) == (15000, 15000)
+    assert d.error == "15000x15000 = 225000000 pixels > max_pixels 200000000"
+    assert Image.MAX_IMAGE_PIXELS == DEFAULT_PILLOW_LIMIT
+
+
+def test_max_pixels_applies_when_a_tiff_allocates():
+    """Pillow checks its global limit again when a TIFF allocates its pixels: the caller's limit must hold
+    there too (here the data is missing, so the honest answer is 'truncated', not a bomb error)."""
+    d = decode_image(_tiff_declaring(15000, 15000), max_pixels=300_000_000)
+    assert d.status == Status.DECODE_ERROR.value and "truncated" in d.error and "Bomb" not in d.error, d.error
+    assert Image.MAX_IMAGE_PIXELS == DEFAULT_PILLOW_LIMIT
+
+
+def test_pillow_limit_restored_under_concurrent_decodes():
+    """Threads decoding with different limits, switching as often as the interpreter allows: every result
+    follows its own max_pixels and Pillow's global is left as it was."""
+    import sys
+    import threading
+
+    bomb, results = bomb_png(15000, 15000), []  # 225 Mpx declared
+
+    def work(max_pixels: int) -> None:
+        for _ in range(200):
+            results.append((max_pixels, decode_image(bomb, max_pixels=max_pixels).error))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            threads = [threading.Thread(target=work, args=(m,)) for m in (100_000_000, 150_000_000, 200_000_000)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert Image.MAX_IMAGE_PIXELS == DEFAULT_PILLOW_LIMIT
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    expected = {100_000_000: "declared size above max_pixels 100000000 (Pillow refused it while reading the "
+                             "headers: Image size (225000000 pixels) exceeds limit of 200000000 pixels",
+                150_000_000: "15000x15000 = 225000000 pixels > max_pixels 150000000",
+                200_000_000: "15000x15000 = 225000000 pixels > max_pixels 200000000"}
+    assert len(results) == 600 and all(err.startswith(expected[m]) for m, err in results)
+
+
+def _tiff_declaring(width: int, height: int) -> bytes:
+    """An 8x8 grayscale TIFF whose size tags (and its one strip's length) say ``width`` x ``height``."""
+    import struct
+
+    tif = bytearray(_encode(Image.new("L", (8, 8)), "TIFF"))
+    ifd = struct.unpack("<I", tif[4:8])[0]
+    values = {256: width, 257: height, 278: height, 279: width * height}
+    for i in range(struct.unpack("<H", tif[ifd:ifd + 2])[0]):
+        entry = ifd + 2 + 12 * i
+        tag, kind = struct.unpack("<HH", tif[entry:entry + 4])
+        if tag in values:
+            tif[entry + 8:entry + 12] = struct.pack("<I" if kind == 4 else "<HH", *(
+                (values[tag],) if kind == 4 else (values[tag], 0)))
+    return bytes(tif)
+
+
+# --- peak memory of the refused inputs, measured in a fresh interpreter ----------------------------------------
+
+_PEAK_RSS_CHILD = """
+import json, resource, sys
+from pipeline.decode import decode_image
+
+def peak_bytes():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+base, out = peak_bytes(), []
+for path, max_pixels in json.loads(sys.argv[1]):
+    with open(path, "rb") as f:
+        d = decode_image(f.read(), max_pixels=max_pixels)
+    out.append([d.status, d.error, peak_bytes() - base])
+print(json.dumps(out))
+"""
+
+
+def test_refused_inputs_never_touch_full_size_memory(tmp_path):
+    """Peak RSS growth of a fresh interpreter while decoding: the brief's 8000x8000 JPEG (192 MB of pixels,
+    today filled with grey), the same headers built from a 16x16 file, and 225 Mpx PNG/TIFF headers decoded
+    under max_pixels 300 M (675 MB / 225 MB of pixels). Each must stay far below its image size."""
+    import json
+    import pathlib
+    import subprocess
+    import sys
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8000, 8000)).save(buf, "JPEG", quality=10)
+    jpg = buf.getvalue()
+    sos = jpg.index(b"\xff\xda")
+    real = jpg[:sos + 2 + int.from_bytes(jpg[sos + 2:sos + 4], "big") + 40] + b"\xff\xd9"
+    cases = [(real, 100_000_000, "decode_error"), (header_only_jpeg(8000, 8000), 100_000_000, "decode_error"),
+             (bomb_png(15000, 15000), 300_000_000, "decode_error"),
+             (_tiff_declaring(15000, 15000), 300_000_000, "decode_error")]
+    jobs = []
+    for i, (data, max_pixels, _) in enumerate(cases):
+        (tmp_path / f"{i}.bin").write_bytes(data)
+        jobs.append([str(tmp_path / f"{i}.bin"), max_pixels])
+    root = pathlib.Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", _PEAK_RSS_CHILD, json.dumps(jobs)], cwd=root, capture_output=True,
+                          text=True, timeout=120, check=True)
+    got = json.loads(proc.stdout)
+    assert [s for s, _, _ in got] == [c[2] for c in cases], got
+    assert "the first scan holds 40 bytes" in got[0][1]
+    assert max(growth for _, _, growth in got) < 32 * 2**20, got  # cumulative peak growth after each case
