@@ -8,7 +8,9 @@ Order of checks (each failure is a ``Decoded`` with a ``schemas.Status`` value a
    ``max_pixels`` when that is higher, so Pillow never refuses what the caller allows, and absurd sizes are
    still refused before any plugin allocates (WebP reserves its canvas while opening). Width and height
    are then unknown (None).
-3. ``decode_error`` when Pillow cannot identify the bytes: "not a recognised image (N bytes, starts ...)".
+3. ``decode_error`` when Pillow cannot identify the bytes. If the magic bytes match a registered format,
+   the message is that format's own parser error ("PNG: broken PNG file (bad header checksum in b'tEXt')",
+   "TIFF: compression 12345 is not supported"); else "not a recognised image (N bytes, starts ...)".
 4. ``unsupported``: a format outside ``ALLOWED_FORMATS``.
 5. ``too_large``: declared width*height above ``max_pixels`` (our own message, with the size).
 6. ``decode_error`` for a JPEG whose first scan holds fewer entropy-coded bytes than its blocks need
@@ -23,12 +25,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import struct
 import threading
 import warnings
 from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, TiffImagePlugin, UnidentifiedImageError
 
 from schemas import Status
 
@@ -72,8 +75,7 @@ def decode_image(data: Optional[bytes], max_pixels: int = DEFAULT_MAX_PIXELS,
             return Decoded(Status.TOO_LARGE.value, error=f"declared size above max_pixels {max_pixels} "
                                                           f"(Pillow refused it while reading the headers: {e})")
         except UnidentifiedImageError:
-            return Decoded(Status.DECODE_ERROR.value,
-                           error=f"not a recognised image ({len(data)} bytes, starts {data[:8]!r})")
+            return Decoded(Status.DECODE_ERROR.value, error=unidentified_reason(data))
         except Exception as e:  # noqa: BLE001 - any parser failure is this image's problem
             return Decoded(Status.DECODE_ERROR.value, error=f"cannot open image: {type(e).__name__}: {e}")
     return _decode_opened(img, data, max_pixels, allowed_formats)
@@ -116,6 +118,59 @@ def _decode_opened(img: Image.Image, data: bytes, max_pixels: int, allowed_forma
         return Decoded(Status.DECODE_ERROR.value, error=f"corrupt or truncated {img.format}: {type(e).__name__}: {e}",
                        width=w, height=h)
     return Decoded(Status.OK.value, image=rgb, width=int(rgb.shape[1]), height=int(rgb.shape[0]))
+
+
+def unidentified_reason(data: bytes) -> str:
+    """Why Pillow could not identify ``data``: the error of the first registered format whose magic bytes
+    match (``Image.OPEN[fmt]``'s accept function on the first 16 bytes, as ``Image.open`` does), raised by
+    that format's own parser; "not a recognised image (N bytes, starts ...)" when no format matches."""
+    Image.init()
+    prefix = data[:16]
+    for fmt in Image.ID:
+        factory, accept = Image.OPEN[fmt]
+        try:
+            matched = accept is not None and accept(prefix)
+            if not matched or isinstance(matched, str):  # a str is Pillow's "needs a plugin" warning
+                continue
+            factory(io.BytesIO(data), "")
+        except Exception as e:  # noqa: BLE001 - the format's own parser error is the answer
+            return f"{fmt}: {_parser_error(fmt, data, e)}"
+    return f"not a recognised image ({len(data)} bytes, starts {data[:8]!r})"
+
+
+def _parser_error(fmt: str, data: bytes, error: Exception) -> str:
+    if fmt == "TIFF":
+        code = tiff_compression(data)
+        if code is not None and code not in TiffImagePlugin.COMPRESSION_INFO:
+            return f"compression {code} is not supported"  # Pillow's own message is the bare number
+    return str(error) or type(error).__name__
+
+
+def tiff_compression(data: bytes) -> Optional[int]:
+    """Tag 259 (Compression) of the first image directory of TIFF or BigTIFF ``data``; None if absent or
+    the header/directory is unreadable."""
+    endian = {b"II": "<", b"MM": ">"}.get(data[:2])
+    if endian is None or len(data) < 16:
+        return None
+    magic = struct.unpack_from(endian + "H", data, 2)[0]
+    if magic == 42:  # classic: u32 offsets, u16 entry count, 12-byte entries with a 4-byte value field
+        ifd, count_fmt, entry_fmt, entry_size = struct.unpack_from(endian + "I", data, 4)[0], "H", "HHI", 12
+    elif magic == 43:  # BigTIFF: u64 offsets, u64 entry count, 20-byte entries with an 8-byte value field
+        ifd, count_fmt, entry_fmt, entry_size = struct.unpack_from(endian + "Q", data, 8)[0], "Q", "HHQ", 20
+    else:
+        return None
+    count_size = struct.calcsize(endian + count_fmt)
+    if ifd + count_size > len(data):
+        return None
+    count = struct.unpack_from(endian + count_fmt, data, ifd)[0]
+    value_at = struct.calcsize(endian + entry_fmt)
+    for i in range(min(count, (len(data) - ifd - count_size) // entry_size)):
+        entry = ifd + count_size + i * entry_size
+        tag, kind, _count = struct.unpack_from(endian + entry_fmt, data, entry)
+        if tag == 259:
+            value_fmt = {3: "H", 4: "I"}.get(kind)  # SHORT or LONG
+            return None if value_fmt is None else struct.unpack_from(endian + value_fmt, data, entry + value_at)[0]
+    return None
 
 
 # --- JPEG: does the first scan hold enough entropy-coded data for its blocks? --------------------------------

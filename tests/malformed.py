@@ -70,6 +70,33 @@ def header_only_jpeg(width: int, height: int, scan_data: bytes = b"", sof: int =
     return jpg[:data_start] + scan_data + b"\xff\xd9"
 
 
+def bad_crc_png(chunk: bytes = b"tEXt") -> bytes:
+    """A 16x16 PNG with a tEXt chunk, the CRC of its first ``chunk`` flipped (Pillow cannot identify it)."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "a text chunk")
+    png = bytearray(_save(Image.new("RGB", (16, 16), (10, 200, 30)), "PNG", pnginfo=info))
+    pos = 8
+    while png[pos + 4:pos + 8] != chunk:
+        pos += 12 + struct.unpack(">I", png[pos:pos + 4])[0]
+    crc_at = pos + 8 + struct.unpack(">I", png[pos:pos + 4])[0]
+    png[crc_at] ^= 0xFF
+    return bytes(png)
+
+
+def unknown_compression_tiff(code: int = 12345) -> bytes:
+    """An 8x8 little-endian TIFF whose Compression tag (259) says ``code``."""
+    tif = bytearray(_save(Image.new("L", (8, 8), 77), "TIFF"))
+    ifd = struct.unpack("<I", tif[4:8])[0]
+    for i in range(struct.unpack("<H", tif[ifd:ifd + 2])[0]):
+        entry = ifd + 2 + 12 * i
+        if struct.unpack("<H", tif[entry:entry + 2])[0] == 259:
+            tif[entry + 8:entry + 10] = struct.pack("<H", code)  # SHORT value, left-justified
+            return bytes(tif)
+    raise AssertionError("Pillow wrote no Compression tag")
+
+
 def corrupt_exif_jpeg() -> bytes:
     """A valid JPEG whose APP1 Exif segment holds a TIFF header pointing its IFD far past the end."""
     jpg = _save(_photo("coffee"), "JPEG")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.decode import JpegFrame, decode_image, jpeg_scan_blocks, jpeg_scan_shortfall
+from pipeline.decode import JpegFrame, decode_image, jpeg_scan_blocks, jpeg_scan_shortfall, tiff_compression
 from schemas import Status
-from tests.malformed import bomb_png, header_only_jpeg
+from tests.malformed import bad_crc_png, bomb_png, header_only_jpeg, unknown_compression_tiff
 
 DEFAULT_PILLOW_LIMIT = Image.MAX_IMAGE_PIXELS
 
@@ -311,3 +311,42 @@ def test_refused_inputs_never_touch_full_size_memory(tmp_path):
     assert [s for s, _, _ in got] == [c[2] for c in cases], got
     assert "the first scan holds 40 bytes" in got[0][1]
     assert max(growth for _, _, growth in got) < 32 * 2**20, got  # cumulative peak growth after each case
+
+
+# --- files Pillow cannot identify although their magic bytes match a format ---------------------------------
+
+@pytest.mark.parametrize("data,error", [
+    (bad_crc_png(b"tEXt"), "PNG: broken PNG file (bad header checksum in b'tEXt')"),
+    (bad_crc_png(b"IHDR"), "PNG: broken PNG file (bad header checksum in b'IHDR')"),
+    (unknown_compression_tiff(12345), "TIFF: compression 12345 is not supported"),
+    (b"II*\x00" + b"\x00" * 60, "TIFF: no more images in TIFF file"),
+    (b"hello, I am a text file\n", "not a recognised image (24 bytes, starts b'hello, I')"),
+])
+def test_unidentified_file_says_what_is_wrong(data, error):
+    d = decode_image(data)
+    assert d.status == Status.DECODE_ERROR.value and d.error == error
+
+
+def _classic_tiff(endian: str, compression_kind: int, compression: int) -> bytes:
+    """A hand-built TIFF header and one-entry IFD holding only tag 259 (SHORT=3 or LONG=4)."""
+    import struct
+
+    magic = b"II" if endian == "<" else b"MM"
+    value = struct.pack(endian + ("HH" if compression_kind == 3 else "I"), *(
+        (compression, 0) if compression_kind == 3 else (compression,)))
+    return (magic + struct.pack(endian + "HI", 42, 8) + struct.pack(endian + "H", 1)
+            + struct.pack(endian + "HHI", 259, compression_kind, 1) + value + b"\x00" * 4)
+
+
+def test_tiff_compression_tag():
+    assert tiff_compression(unknown_compression_tiff(54321)) == 54321
+    assert tiff_compression(_encode(Image.new("L", (4, 4)), "TIFF", compression="tiff_lzw")) == 5
+    assert tiff_compression(_encode(Image.new("L", (4, 4)), "TIFF", big_tiff=True)) == 1
+    assert tiff_compression(_classic_tiff(">", 3, 12345)) == 12345
+    assert tiff_compression(_classic_tiff(">", 4, 70000)) == 70000
+    assert tiff_compression(_classic_tiff("<", 3, 8)) == 8
+    whole, entry_end = _classic_tiff("<", 3, 8), 8 + 2 + 12  # header, entry count, the entry
+    assert [tiff_compression(whole[:n]) for n in range(entry_end)] == [None] * entry_end  # cut short
+    assert tiff_compression(whole[:entry_end]) == 8
+    assert tiff_compression(b"II\x2a\x00\xff\xff\xff\x7f" + b"\x00" * 12) is None  # IFD past the end
+    assert tiff_compression(b"\x89PNG\r\n\x1a\n" + b"\x00" * 12) is None
