@@ -155,6 +155,11 @@ def corpus() -> Dict[str, Case]:
         "unsupported.ico": Case(_save(_photo("coffee", (32, 32)), "ICO"), "unsupported", "unsupported format (ICO)"),
         "mislabelled-png.jpg": Case(good_png, "ok", "PNG bytes under a .jpg name"),
         "psd-like.tif": Case(b"II*\x00" + b"\x00" * 60, "decode_error", "TIFF header with no image directory"),
+        "header-only.jpg": Case(header_only_jpeg(1000, 1000), "decode_error",
+                                "JPEG headers declaring 1000x1000, no pixel data before EOI (refused before decoding)"),
+        "bad-crc.png": Case(bad_crc_png(), "decode_error", "PNG with a bad tEXt chunk CRC"),
+        "unknown-compression.tif": Case(unknown_compression_tiff(), "decode_error",
+                                        "TIFF with compression 12345 (unknown to Pillow)"),
     }
 
 
