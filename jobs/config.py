@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Dict, List, Optional, Tuple
 
 from jobs.inputs import INPUT_FORMATS
@@ -14,12 +15,24 @@ from pipeline import pamr_native
 from pipeline.config import DTYPES, ConfigError, ModelConfig, SegmenterConfig
 from pipeline.decode import DEFAULT_MAX_PIXELS
 
+RUN_ID_MAX_CHARS = 128
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # ASCII; a folder name on every file system and object store
+
 RETRY_POLICIES = {
     # statuses of committed rows that a later run labels again
     "transient": ("read_error", "inference_error"),
     "all": ("read_error", "inference_error", "decode_error", "unsupported", "too_large", "too_small", "empty"),
     "none": (),
 }
+
+
+def run_id_problem(run_id: str) -> Optional[str]:
+    """Why ``run_id`` cannot name a run (its folder ``OUTPUT/runs/<run_id>/``), or None."""
+    if len(run_id) <= RUN_ID_MAX_CHARS and _RUN_ID.fullmatch(run_id):
+        return None
+    shown = repr(run_id) if len(run_id) <= 40 else f"{run_id[:40]!r}... ({len(run_id)} characters)"
+    return (f"--run-id {shown}: use at most {RUN_ID_MAX_CHARS} characters, only ASCII letters, digits, '-', '_' "
+            f"and '.', not starting with '-', '_' or '.'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,8 +93,9 @@ class LabelJobConfig:
             if not isinstance(name, str) or not name or isinstance(amount, bool) or not isinstance(amount, (int, float)) \
                     or amount <= 0:
                 raise ConfigError(f"--actor-resources: {name!r}: {amount!r} must map a resource name to a number > 0")
-        if self.run_id is not None and (not self.run_id or "/" in self.run_id or self.run_id.startswith(("_", "."))):
-            raise ConfigError(f"--run-id {self.run_id!r}: use letters, digits, '-', '_' or '.' (no '/', not starting with '_' or '.')")
+        problem = None if self.run_id is None else run_id_problem(self.run_id)
+        if problem:
+            raise ConfigError(problem)
         self.segmenter_config()
         pamr_native.kernel_mode()  # RESLABEL_PAMR_KERNEL, if set, must be a known value
         return self

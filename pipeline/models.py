@@ -180,11 +180,15 @@ def weights_digest(path: str) -> str:
     return h.hexdigest()
 
 
-def _is_torchscript(path: str) -> bool:
+def _is_torchscript(path: str, source: str) -> bool:
+    """Whether ``path`` is a zip holding TorchScript code; ``WeightsError`` if its zip directory is corrupt."""
     if not zipfile.is_zipfile(path):
         return False
-    with zipfile.ZipFile(path) as z:
-        return any("/code/" in n or n.endswith("constants.pkl") for n in z.namelist())
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in n or n.endswith("constants.pkl") for n in z.namelist())
+    except zipfile.BadZipFile as e:
+        raise WeightsError(f"weights {source}: corrupt zip archive ({e})") from e
 
 
 _STORAGE_DTYPES = {"FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
@@ -200,7 +204,17 @@ class _ScriptObject:
         self.state = state
 
 
-def _rebuild_tensor(flat, offset, size, stride, *_):
+def _rebuild_tensor(source: str, flat: torch.Tensor, offset: int, size, stride, *_) -> torch.Tensor:
+    """``torch._utils._rebuild_tensor_v2`` for the restricted unpickler: a copy of the ``size``/``stride``
+    view of ``flat`` (elements) from ``offset``, refused with ``WeightsError`` if it reaches past ``flat``."""
+    size, stride = tuple(size), tuple(stride)
+    if len(size) != len(stride) or offset < 0 or min((*size, *stride), default=0) < 0:
+        raise WeightsError(f"weights {source}: malformed tensor record (size {list(size)}, stride {list(stride)}, "
+                           f"offset {offset})")
+    end = offset + sum((n - 1) * st for n, st in zip(size, stride)) + 1 if all(size) else 0
+    if end > flat.numel():
+        raise WeightsError(f"weights {source}: a tensor of size {list(size)} (stride {list(stride)}, offset {offset}) "
+                           f"needs {end} elements, its storage holds {flat.numel()}")
     return torch.as_strided(flat, size, stride, offset).clone()
 
 
@@ -209,37 +223,16 @@ def torchscript_state_dict(path: str, source: str) -> Dict[str, torch.Tensor]:
 
     Only tensor rebuilding, storages and OrderedDict are resolved; TorchScript classes become inert
     attribute holders and the archive's code is never loaded or run. Names follow ``state_dict()``.
+    A malformed archive (no ``data.pkl``, a storage member missing or not whole elements, a tensor reaching
+    past its storage, a corrupt zip or pickle) raises ``WeightsError`` naming ``source`` and the problem.
     """
-    import pickle
-
-    with zipfile.ZipFile(path) as z:
-        names = z.namelist()
-        pkl = next(n for n in names if n.endswith("data.pkl") and n.count("/") == 1)
-        prefix = pkl[: -len("data.pkl")]
-
-        class _Unpickler(pickle.Unpickler):
-            def find_class(self, module, name):
-                if module.startswith("__torch__"):
-                    return type(name, (_ScriptObject,), {})
-                if (module, name) in (("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor")):
-                    return _rebuild_tensor
-                if module == "collections" and name == "OrderedDict":
-                    import collections
-
-                    return collections.OrderedDict
-                if module == "torch" and name in _STORAGE_DTYPES:
-                    return name
-                raise WeightsError(f"weights {source}: refused — TorchScript archive references {module}.{name}")
-
-            def persistent_load(self, pid):
-                kind, storage, key, _location, numel = pid
-                if kind != "storage" or storage not in _STORAGE_DTYPES:
-                    raise WeightsError(f"weights {source}: refused — unknown storage {pid!r}")
-                data = bytearray(z.read(f"{prefix}data/{key}"))
-                return torch.frombuffer(data, dtype=_STORAGE_DTYPES[storage])[:numel] if data else torch.empty(0)
-
-        with z.open(pkl) as f:
-            root = _Unpickler(f).load()
+    try:
+        with zipfile.ZipFile(path) as z:
+            root = _unpickle_archive(z, source)
+    except WeightsError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a corrupt zip member or pickle: re-raised with the file named
+        raise WeightsError(f"weights {source}: unreadable TorchScript archive ({type(e).__name__}: {e})") from e
     out: Dict[str, torch.Tensor] = {}
 
     def walk(obj, prefix_: str) -> None:
@@ -253,6 +246,50 @@ def torchscript_state_dict(path: str, source: str) -> Dict[str, torch.Tensor]:
     return out
 
 
+def _unpickle_archive(z: zipfile.ZipFile, source: str):
+    """The root object of ``<dir>/data.pkl`` in ``z``, storages read from ``<dir>/data/<key>``."""
+    import functools
+    import pickle
+
+    names = z.namelist()
+    members = set(names)
+    pkl = next((n for n in names if n.endswith("data.pkl") and n.count("/") == 1), None)
+    if pkl is None:
+        raise WeightsError(f"weights {source}: TorchScript archive has no <dir>/data.pkl")
+    prefix = pkl[: -len("data.pkl")]
+
+    class _Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            if module.startswith("__torch__"):
+                return type(name, (_ScriptObject,), {})
+            if (module, name) in (("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_tensor")):
+                return functools.partial(_rebuild_tensor, source)
+            if module == "collections" and name == "OrderedDict":
+                import collections
+
+                return collections.OrderedDict
+            if module == "torch" and name in _STORAGE_DTYPES:
+                return name
+            raise WeightsError(f"weights {source}: refused — TorchScript archive references {module}.{name}")
+
+        def persistent_load(self, pid):
+            kind, storage, key, _location, numel = pid
+            if kind != "storage" or storage not in _STORAGE_DTYPES:
+                raise WeightsError(f"weights {source}: refused — unknown storage {pid!r}")
+            member = f"{prefix}data/{key}"
+            if member not in members:
+                raise WeightsError(f"weights {source}: TorchScript archive lacks {member}, which {pkl} refers to")
+            data = bytearray(z.read(member))
+            dtype = _STORAGE_DTYPES[storage]
+            if len(data) % dtype.itemsize:
+                raise WeightsError(f"weights {source}: {member} holds {len(data)} bytes, not a whole number of "
+                                   f"{dtype} elements")
+            return torch.frombuffer(data, dtype=dtype)[:numel] if data else torch.empty(0)
+
+    with z.open(pkl) as f:
+        return _Unpickler(f).load()
+
+
 def load_state_dict(path: str, source: Optional[str] = None) -> Dict[str, torch.Tensor]:
     """Read a state dict without running pickled code. ``source`` names the file in errors."""
     source = source or path
@@ -263,7 +300,7 @@ def load_state_dict(path: str, source: Optional[str] = None) -> Dict[str, torch.
             sd = load_file(path, device="cpu")
         except Exception as e:  # noqa: BLE001 - re-raised with the file named
             raise WeightsError(f"weights {source}: not a readable safetensors file ({e})") from e
-    elif _is_torchscript(path):
+    elif _is_torchscript(path, source):
         sd = torchscript_state_dict(path, source)
     else:
         try:

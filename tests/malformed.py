@@ -50,6 +50,53 @@ def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
             + _png_chunk(b"IEND", b""))
 
 
+def _jpeg_segment(jpg: bytes, marker: int) -> int:
+    """Offset of the first ``FF marker`` segment of ``jpg``, walking the segment lengths from SOI."""
+    pos = 2
+    while jpg[pos + 1] != marker:
+        pos += 2 + struct.unpack(">H", jpg[pos + 2:pos + 4])[0]
+    return pos
+
+
+def header_only_jpeg(width: int, height: int, scan_data: bytes = b"", sof: int = 0xC0) -> bytes:
+    """A baseline 4:2:0 JPEG whose intact headers declare ``width`` x ``height`` and whose first scan holds
+    only ``scan_data`` before EOI (libjpeg fills the missing blocks with grey). ``sof`` replaces the SOF0
+    marker byte (e.g. 0xC9 arithmetic, 0xC3 lossless). About 600 bytes plus ``scan_data``."""
+    jpg = _save(Image.new("RGB", (16, 16), (90, 120, 200)), "JPEG", quality=10)
+    at = _jpeg_segment(jpg, 0xC0)  # FF C0, length, precision, height, width
+    jpg = jpg[:at + 1] + bytes([sof]) + jpg[at + 2:at + 5] + struct.pack(">HH", height, width) + jpg[at + 9:]
+    sos = _jpeg_segment(jpg, 0xDA)
+    data_start = sos + 2 + struct.unpack(">H", jpg[sos + 2:sos + 4])[0]
+    return jpg[:data_start] + scan_data + b"\xff\xd9"
+
+
+def bad_crc_png(chunk: bytes = b"tEXt") -> bytes:
+    """A 16x16 PNG with a tEXt chunk, the CRC of its first ``chunk`` flipped (Pillow cannot identify it)."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "a text chunk")
+    png = bytearray(_save(Image.new("RGB", (16, 16), (10, 200, 30)), "PNG", pnginfo=info))
+    pos = 8
+    while png[pos + 4:pos + 8] != chunk:
+        pos += 12 + struct.unpack(">I", png[pos:pos + 4])[0]
+    crc_at = pos + 8 + struct.unpack(">I", png[pos:pos + 4])[0]
+    png[crc_at] ^= 0xFF
+    return bytes(png)
+
+
+def unknown_compression_tiff(code: int = 12345) -> bytes:
+    """An 8x8 little-endian TIFF whose Compression tag (259) says ``code``."""
+    tif = bytearray(_save(Image.new("L", (8, 8), 77), "TIFF"))
+    ifd = struct.unpack("<I", tif[4:8])[0]
+    for i in range(struct.unpack("<H", tif[ifd:ifd + 2])[0]):
+        entry = ifd + 2 + 12 * i
+        if struct.unpack("<H", tif[entry:entry + 2])[0] == 259:
+            tif[entry + 8:entry + 10] = struct.pack("<H", code)  # SHORT value, left-justified
+            return bytes(tif)
+    raise AssertionError("Pillow wrote no Compression tag")
+
+
 def corrupt_exif_jpeg() -> bytes:
     """A valid JPEG whose APP1 Exif segment holds a TIFF header pointing its IFD far past the end."""
     jpg = _save(_photo("coffee"), "JPEG")
@@ -108,6 +155,11 @@ def corpus() -> Dict[str, Case]:
         "unsupported.ico": Case(_save(_photo("coffee", (32, 32)), "ICO"), "unsupported", "unsupported format (ICO)"),
         "mislabelled-png.jpg": Case(good_png, "ok", "PNG bytes under a .jpg name"),
         "psd-like.tif": Case(b"II*\x00" + b"\x00" * 60, "decode_error", "TIFF header with no image directory"),
+        "header-only.jpg": Case(header_only_jpeg(1000, 1000), "decode_error",
+                                "JPEG headers declaring 1000x1000, no pixel data before EOI (refused before decoding)"),
+        "bad-crc.png": Case(bad_crc_png(), "decode_error", "PNG with a bad tEXt chunk CRC"),
+        "unknown-compression.tif": Case(unknown_compression_tiff(), "decode_error",
+                                        "TIFF with compression 12345 (unknown to Pillow)"),
     }
 
 

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pytest
 
+from jobs.config import LabelJobConfig
 from jobs.label import main
+from pipeline.config import ConfigError
 from tests.job_fixtures import s3_client
 
 
@@ -58,6 +60,28 @@ def test_bad_vocabulary_and_weights_flags(model_args, image_dir_small, tmp_path,
     assert code == 2 and "missing.txt" in err and not (tmp_path / "out").exists()
     with pytest.raises(SystemExit):
         main(["--input", "x", "--output", "y", "--pretrained", "openai", *model_args])  # with --weights
+
+
+def test_overlong_run_id_fails_before_any_work(model_args, image_dir_small, tmp_path, capsys):
+    """Before: a 300-character id failed only after the model loaded, leaving _text_cache/ and runs/ behind."""
+    out = tmp_path / "out"
+    args = ["--input", str(image_dir_small), "--output", str(out), "--run-id", "r" * 300, *model_args]
+    code, err = _run(args, capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err.splitlines() == [f"error: --run-id {'r' * 40!r}... (300 characters): use at most 128 characters, only "
+                                "ASCII letters, digits, '-', '_' and '.', not starting with '-', '_' or '.'"]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("run_id", ["r" * 129, "", "-x", ".x", "_x", "a b", "a/b", "a\\b", "caf\u00e9", "a:b", "x\n"])
+def test_run_id_rules(run_id):
+    with pytest.raises(ConfigError, match="at most 128 characters, only ASCII letters, digits"):
+        LabelJobConfig(input="x", output="y", run_id=run_id).validate()
+
+
+@pytest.mark.parametrize("run_id", ["r" * 128, "run-2026.01_A", "20260101T000000Z-0a1b2c", "7"])
+def test_run_id_accepted(run_id):
+    assert LabelJobConfig(input="x", output="y", run_id=run_id).validate().run_id == run_id
 
 
 @pytest.fixture

@@ -150,3 +150,69 @@ def test_torchscript_code_is_never_run(tiny_arch, tmp_path, monkeypatch):
     with pytest.raises(WeightsError, match="evil_ts.pt: refused .*posix.system|evil_ts.pt: refused .*os.system"):
         build_model(ModelConfig(arch=tiny_arch, weights=str(bad)))
     assert not marker.exists()
+
+
+@pytest.fixture(scope="module")
+def linear_archive(tmp_path_factory) -> bytes:
+    """Bytes of a real TorchScript archive of nn.Linear(2, 3): <dir>/data.pkl, data/0 (weight), data/1 (bias)."""
+    import warnings
+
+    path = tmp_path_factory.mktemp("ts") / "linear.pt"
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, OpenAI's archives are not
+        torch.jit.save(torch.jit.trace(torch.nn.Linear(2, 3), torch.zeros(1, 2)), str(path))
+    return path.read_bytes()
+
+
+def _rewrite_archive(src: bytes, path, drop=(), replace=None):
+    """Copy the archive ``src`` to ``path`` without the members ``drop`` and with ``replace`` (name → bytes);
+    names are relative to the archive's top folder."""
+    import io
+
+    replace = replace or {}
+    with zipfile.ZipFile(io.BytesIO(src)) as zin, zipfile.ZipFile(path, "w") as zout:
+        for info in zin.infolist():
+            name = info.filename.split("/", 1)[1]
+            if name not in drop:
+                zout.writestr(info, replace.get(name, zin.read(info)))
+    return str(path)
+
+
+def test_torchscript_archive_reads(linear_archive, tmp_path):
+    sd = load_state_dict(_rewrite_archive(linear_archive, tmp_path / "ok.pt"))
+    assert {k: tuple(v.shape) for k, v in sd.items()} == {"weight": (3, 2), "bias": (3,)}
+
+
+@pytest.mark.parametrize("name,drop,replace,message", [
+    ("no-pkl.pt", ("data.pkl",), None, r"no-pkl.pt: TorchScript archive has no <dir>/data.pkl"),
+    ("no-storage.pt", ("data/0",), None, r"no-storage.pt: TorchScript archive lacks \w+/data/0, which \w+/data.pkl"),
+    ("short-storage.pt", (), {"data/0": b"\x00" * 4},
+     r"short-storage.pt: a tensor of size \[3, 2\] \(stride \[2, 1\], offset 0\) needs 6 elements, "
+     r"its storage holds 1"),
+    ("ragged-storage.pt", (), {"data/0": b"\x00" * 5},
+     r"ragged-storage.pt: \w+/data/0 holds 5 bytes, not a whole number of torch.float32 elements"),
+    ("bad-pickle.pt", (), {"data.pkl": b"\x80\x02}q\x00(X"}, r"bad-pickle.pt: unreadable TorchScript archive"),
+])
+def test_malformed_torchscript_is_weights_error(linear_archive, tmp_path, name, drop, replace, message):
+    path = _rewrite_archive(linear_archive, tmp_path / name, drop, replace)
+    with pytest.raises(WeightsError, match=message):
+        load_state_dict(path)
+
+
+def test_corrupt_or_truncated_zip_is_weights_error(linear_archive, tmp_path):
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(linear_archive[: len(linear_archive) // 2])
+    with pytest.raises(WeightsError, match="truncated.pt: refused — not a safetensors file"):
+        load_state_dict(str(truncated))
+    directory = linear_archive.index(b"PK\x01\x02")  # first central directory record
+    bad_directory = tmp_path / "bad-directory.pt"
+    bad_directory.write_bytes(linear_archive[:directory] + b"XX" + linear_archive[directory + 2:])
+    with pytest.raises(WeightsError, match="bad-directory.pt: corrupt zip archive"):
+        load_state_dict(str(bad_directory))
+    pickle_at = linear_archive.index(b"\x80\x02")  # data.pkl is stored uncompressed: flip a byte of it
+    bad_crc = tmp_path / "bad-crc.pt"
+    bad_crc.write_bytes(linear_archive[:pickle_at + 5] + bytes([linear_archive[pickle_at + 5] ^ 0xFF])
+                        + linear_archive[pickle_at + 6:])
+    with pytest.raises(WeightsError, match=r"bad-crc.pt: unreadable TorchScript archive \(BadZipFile: Bad CRC-32"):
+        load_state_dict(str(bad_crc))

@@ -64,6 +64,9 @@ def test_malformed_corpus_one_row_each(ray_local, model_args, tmp_path):
     by = {os.path.basename(r["source_uri"]): r for r in rows}
     assert "FileNotFound" in by["never-uploaded.jpg"]["error"]
     assert "declared" in by["bomb.png"]["error"] and by["bomb.png"]["width"] is None  # refused before decoding
+    assert by["header-only.jpg"]["error"].startswith("JPEG pixel data truncated: the first scan holds 0 bytes")
+    assert by["bad-crc.png"]["error"] == "PNG: broken PNG file (bad header checksum in b'tEXt')"
+    assert by["unknown-compression.tif"]["error"] == "TIFF: compression 12345 is not supported"
     assert (by["extreme-aspect.png"]["width"], by["extreme-aspect.png"]["height"]) == (10000, 8)
     assert (by["one-pixel.png"]["width"], by["one-pixel.png"]["height"]) == (1, 1)
     assert all(by[n]["segments"] for n in ("one-pixel.png", "control.jpg"))  # every ok pixel is labeled
