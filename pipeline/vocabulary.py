@@ -12,6 +12,7 @@ import importlib.resources
 import json
 from typing import Optional, Sequence, Tuple
 
+from pipeline import uri as uris
 from pipeline.config import ConfigError
 
 BENCHMARK_VOCABULARIES = {
@@ -36,12 +37,9 @@ def default_templates() -> Tuple[str, ...]:
 
 
 def read_text_uri(uri: str) -> str:
-    """Read a small UTF-8 text file from a local path or any fsspec URI (s3://...)."""
-    import fsspec
-
+    """Read a small UTF-8 text file from a local path or an s3:// URI, its name taken literally."""
     try:
-        with fsspec.open(uri, "rt", encoding="utf-8") as f:
-            return f.read()
+        return uris.read_text(uri)
     except FileNotFoundError as e:
         raise ConfigError(f"{uri}: file not found") from e
 
