@@ -132,8 +132,15 @@ def fetch_bytes(rows: Sequence[Dict], bytes_column: str) -> List[Fetched]:
         except NotRegularFile as e:
             out.append(Fetched(None, Status.UNSUPPORTED.value, f"not a regular file: {e.what}"))
         except Exception as e:  # noqa: BLE001 - a missing/unreadable object is this row's problem
-            out.append(Fetched(None, Status.READ_ERROR.value, f"{type(e).__name__}: {e}"))
+            out.append(Fetched(None, Status.READ_ERROR.value, _error_text(e)))
     return out
+
+
+def _error_text(e: BaseException) -> str:
+    """``Type: message``, plus the object store's error code (e.g. ``SlowDown``) when it gave one."""
+    text = f"{type(e).__name__}: {e}"
+    code = (getattr(e.__cause__, "response", None) or {}).get("Error", {}).get("Code")
+    return f"{text} ({code})" if code and code not in text else text
 
 
 def _fetch_one(r: Dict, bytes_column: str, cache: Dict) -> Optional[bytes]:
