@@ -18,6 +18,7 @@ import fsspec
 
 from pipeline import uri as uris
 
+
 def apply_endpoint(endpoint: str | None) -> None:
     """Make every s3fs/botocore client in this process use ``endpoint`` (a URL, not a secret)."""
     if endpoint and os.environ.get("AWS_ENDPOINT_URL") != endpoint:
