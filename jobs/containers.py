@@ -1,20 +1,21 @@
 """Indexing and byte fetching for container inputs (Parquet with image bytes, WebDataset tars, manifests).
 
 ``index_*`` run on the driver and return ``jobs.inputs.entry`` dicts; ``fetch_bytes`` runs in read
-tasks and returns each row's encoded image bytes (or a read error) using the locator in the index.
+tasks and returns each row's encoded image bytes (or a status and error) using the locator in the index.
 """
 from __future__ import annotations
 
 import os
 import posixpath
 import tarfile
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs import storage
 from jobs.inputs import IMAGE_EXTS, InputError, InputOptions, entry, stable_id
+from pipeline.uri import NotRegularFile
 from schemas import Status
 
 
@@ -22,8 +23,7 @@ def index_parquet(files: Sequence[str], options: InputOptions) -> List[Dict]:
     """One entry per row of each file; id from ``options.id_column`` (else a hash of file#row)."""
     out = []
     for uri in files:
-        fs, path = storage.fs_for(uri)
-        with fs.open(path, "rb") as f:
+        with storage.open_read(uri) as f:
             pf = pq.ParquetFile(f)
             names = pf.schema_arrow.names
             if options.bytes_column not in names:
@@ -50,10 +50,9 @@ def index_webdataset(files: Sequence[str]) -> List[Dict]:
     """One entry per sample (members sharing a key); the image member is located by byte range."""
     out = []
     for uri in files:
-        fs, path = storage.fs_for(uri)
         samples: Dict[str, List[tarfile.TarInfo]] = {}
         try:
-            with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            with storage.open_read(uri) as f, tarfile.open(fileobj=f, mode="r:") as tar:
                 for m in tar:
                     if m.isfile():
                         samples.setdefault(_wds_key(m.name)[0], []).append(m)
@@ -71,9 +70,8 @@ def index_webdataset(files: Sequence[str]) -> List[Dict]:
 
 
 def _read_table(uri: str) -> pa.Table:
-    fs, path = storage.fs_for(uri)
     low = uri.lower()
-    with fs.open(path, "rb") as f:
+    with storage.open_read(uri) as f:
         if low.endswith(".parquet"):
             return pq.read_table(f)
         if low.endswith(".csv"):
@@ -114,26 +112,44 @@ def index_manifest(files: Sequence[str], options: InputOptions) -> List[Dict]:
     return out
 
 
-def fetch_bytes(rows: Sequence[Dict], bytes_column: str) -> List[Tuple[Optional[bytes], Optional[str]]]:
-    """For each index row: (bytes, None) or (None, read-error message). Never raises for one bad row."""
-    out: List[Tuple[Optional[bytes], Optional[str]]] = []
+class Fetched(NamedTuple):
+    """One row's bytes, or the status (``unsupported``, ``read_error``) and error explaining why there are none."""
+
+    data: Optional[bytes]
+    status: Optional[str] = None
+    error: Optional[str] = None
+
+
+def fetch_bytes(rows: Sequence[Dict], bytes_column: str) -> List[Fetched]:
+    """For each index row its bytes, or a status and error: a local path that is not a regular file (FIFO,
+    socket, device, directory) is ``unsupported`` and never read; a missing/unreadable object is
+    ``read_error``. Never raises for one bad row."""
+    out: List[Fetched] = []
     parquet_cache: Dict[Tuple[str, int], pa.Array] = {}
     for r in rows:
         try:
-            out.append((_fetch_one(r, bytes_column, parquet_cache), None))
+            out.append(Fetched(_fetch_one(r, bytes_column, parquet_cache)))
+        except NotRegularFile as e:
+            out.append(Fetched(None, Status.UNSUPPORTED.value, f"not a regular file: {e.what}"))
         except Exception as e:  # noqa: BLE001 - a missing/unreadable object is this row's problem
-            out.append((None, f"{type(e).__name__}: {e}"))
+            out.append(Fetched(None, Status.READ_ERROR.value, _error_text(e)))
     return out
 
 
+def _error_text(e: BaseException) -> str:
+    """``Type: message``, plus the object store's error code (e.g. ``SlowDown``) when it gave one."""
+    text = f"{type(e).__name__}: {e}"
+    code = (getattr(e.__cause__, "response", None) or {}).get("Error", {}).get("Code")
+    return f"{text} ({code})" if code and code not in text else text
+
+
 def _fetch_one(r: Dict, bytes_column: str, cache: Dict) -> Optional[bytes]:
-    fs, path = storage.fs_for(r["path"])
     if r["row_group"] >= 0:
         key = (r["path"], r["row_group"])
         if key not in cache:
-            with fs.open(path, "rb") as f:
+            with storage.open_read(r["path"]) as f:
                 cache[key] = pq.ParquetFile(f).read_row_group(r["row_group"], columns=[bytes_column]).column(0)
         return cache[key][r["row"]].as_py()
     if r["offset"] >= 0:
-        return fs.cat_file(path, start=r["offset"], end=r["offset"] + r["length"])
-    return fs.cat_file(path)
+        return storage.read_bytes(r["path"], r["offset"], r["offset"] + r["length"])
+    return storage.read_bytes(r["path"])

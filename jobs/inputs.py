@@ -12,12 +12,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs import storage
+from pipeline import uri as uris
 from schemas import Status
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
@@ -61,30 +62,46 @@ def entry(image_id: str, source_uri: str, path: str, offset: int = -1, length: i
                 row_group=row_group, row=row, pre_status=pre_status, pre_error=pre_error)
 
 
-def _image_entry(u: str) -> Dict:
-    """An image file's entry; a name that is not valid UTF-8 (local files only) becomes an ``unsupported`` row."""
+def _image_entry(u: str, not_regular: Optional[str] = None) -> Dict:
+    """An image file's entry. A name that is not valid UTF-8 (local files only), or a local entry that is
+    not a regular file (``not_regular``: "FIFO", "socket", ...), becomes an ``unsupported`` row, never read."""
     try:
         u.encode("utf-8")
     except UnicodeEncodeError:  # os.fsdecode kept the raw bytes as surrogates; Parquet strings cannot hold them
         shown = u.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         return entry(stable_id(shown), shown, shown, pre_status=Status.UNSUPPORTED.value,
                      pre_error="file name is not valid UTF-8; rename the file to label it")
+    if not_regular is not None:
+        return entry(stable_id(u), u, u, pre_status=Status.UNSUPPORTED.value,
+                     pre_error=f"not a regular file: {not_regular}")
     return entry(stable_id(u), u, u)
 
 
-def list_files(uri: str, exts: tuple) -> List[str]:
-    """URIs of files under a prefix/directory (recursive) or matching a glob, filtered by extension."""
+def list_entries(uri: str, exts: tuple) -> List[Tuple[str, Optional[str]]]:
+    """Files under a prefix/directory (recursive) or matching a glob, filtered by extension, by URI:
+    ``(uri, None)`` for a regular file, ``(uri, what)`` for a local entry that is not one ("FIFO", ...).
+
+    A URI that exists is taken literally; only one that does not and holds ``*?[`` is a glob.
+    """
     fs, path = storage.fs_for(uri)
     fs.invalidate_cache()
-    if any(ch in path for ch in "*?["):
+    k = storage.kind(uri)
+    if k is None and any(ch in path for ch in "*?["):
         found = storage.retrying(lambda: fs.glob(path), f"list {uri}")
+    elif k is None:
+        raise InputError(f"input {uri}: no such file, directory or prefix")
+    elif k == "other":
+        raise InputError(f"input {uri}: not a regular file: {uris.non_regular_kind(path)}")
     else:
-        k = storage.kind(fs, path)
-        if k is None:
-            raise InputError(f"input {uri}: no such file, directory or prefix")
         found = [path] if k == "file" else storage.retrying(lambda: fs.find(path), f"list {uri}")
     keep = [p for p in found if p.lower().endswith(exts) and not os.path.basename(p).startswith((".", "_"))]
-    return sorted(storage.to_uri(fs, p) for p in keep)
+    found_uris = sorted(storage.to_uri(fs, p) for p in keep)
+    return [(u, None if storage.is_remote(u) else uris.non_regular_kind(u)) for u in found_uris]
+
+
+def list_files(uri: str, exts: tuple) -> List[str]:
+    """URIs of the regular files ``list_entries`` finds (a FIFO, socket or device is never read)."""
+    return [u for u, not_regular in list_entries(uri, exts) if not_regular is None]
 
 
 def detect_format(uri: str) -> str:
@@ -111,8 +128,8 @@ def _parquet_kind(files: List[str]) -> str:
 
     if not files:
         return "parquet"
-    fs, path = storage.fs_for(files[0])
-    schema = pq.read_schema(path, filesystem=fs)
+    with storage.open_read(files[0]) as f:
+        schema = pq.read_schema(f)
     binary = [f.name for f in schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
     return "parquet" if binary else "manifest"
 
@@ -126,7 +143,7 @@ def build_index(uri: str, fmt: str, options: InputOptions = InputOptions()) -> p
 
     fmt = detect_format(uri) if fmt == "auto" else fmt
     if fmt == "images":
-        rows = [_image_entry(u) for u in list_files(uri, IMAGE_EXTS)]
+        rows = [_image_entry(u, not_regular) for u, not_regular in list_entries(uri, IMAGE_EXTS)]
     elif fmt == "parquet":
         rows = containers.index_parquet(list_files(uri, (".parquet",)), options)
     elif fmt == "webdataset":

@@ -99,7 +99,7 @@ def one_image(args: argparse.Namespace):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    import fsspec
+    from pipeline import uri as uris
 
     args = parse_args(argv)
     try:
@@ -107,7 +107,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (RunNotCommitted, FileNotFoundError, ValueError) as e:
         print(f"overlay failed: {e}", file=sys.stderr)
         return 2
-    with fsspec.open(args.out, "wb", auto_mkdir=True) as f:
+    with uris.open_write(args.out) as f:
         picture.save(f, format="PNG")
     print(f"wrote {args.out} ({picture.width}x{picture.height})")
     return 0

@@ -52,9 +52,9 @@ def _decode_one(r: Dict, fetched, seg_config, max_pixels: int) -> Dict:
 
     if r["pre_status"]:
         return dict(status=r["pre_status"], error=r["pre_error"])
-    data, read_error = fetched
+    data, read_status, read_error = fetched
     if read_error is not None:
-        return dict(status=Status.READ_ERROR.value, error=read_error)
+        return dict(status=read_status, error=read_error)
     d = decode_image(data, max_pixels=max_pixels)
     base = dict(status=d.status, error=d.error, width=d.width, height=d.height)
     if d.status != Status.OK.value:

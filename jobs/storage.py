@@ -1,8 +1,9 @@
-"""Object-storage helpers over fsspec: local paths and s3:// (custom endpoint via AWS_ENDPOINT_URL).
+"""Object-storage helpers for the job: local paths and s3:// (custom endpoint via AWS_ENDPOINT_URL).
 
-Credentials are never handled here: s3fs/botocore read them from the environment or the instance.
-Writes of committed files are *no-clobber*: ``write_new`` refuses to replace an existing object, and
-local files appear atomically (temp file + hard link), so a reader never sees a partial file.
+Built on ``pipeline.uri``: names are literal (no fsspec URL chains, no query strings) and only regular
+local files are read. Credentials are never handled here: s3fs/botocore read them from the environment
+or the instance. Writes of committed files are *no-clobber*: ``write_new`` refuses to replace an existing
+object, and local files appear atomically (temp file + hard link), so a reader never sees a partial file.
 """
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import os
 import posixpath
 import time
 import uuid
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, BinaryIO, Callable, List, Optional, Tuple
 
 import fsspec
+
+from pipeline import uri as uris
 
 
 def apply_endpoint(endpoint: str | None) -> None:
@@ -27,21 +30,21 @@ def apply_endpoint(endpoint: str | None) -> None:
 
 
 def is_remote(uri: str) -> bool:
-    return "://" in uri and not uri.startswith("file://")
+    """True for ``scheme://`` URIs other than ``file://``."""
+    return uris.is_remote(uri)
 
 
 def normalize(uri: str) -> str:
     """Local paths → absolute paths without a trailing slash; remote URIs keep their scheme."""
-    if uri.startswith("file://"):
-        uri = uri[len("file://"):]
-    if not is_remote(uri):
-        return os.path.abspath(os.path.expanduser(uri))
+    protocol, path = uris.split(uri)
+    if protocol == uris.LOCAL:
+        return os.path.abspath(os.path.expanduser(path))
     return uri.rstrip("/")
 
 
 def fs_for(uri: str) -> Tuple[fsspec.AbstractFileSystem, str]:
-    """(filesystem, path without scheme) for a URI or local path."""
-    return fsspec.core.url_to_fs(normalize(uri))
+    """(filesystem, path without scheme) for a URI or local path, taken literally (``pipeline.uri``)."""
+    return uris.filesystem(normalize(uri))
 
 
 def join(uri: str, *parts: str) -> str:
@@ -58,12 +61,12 @@ def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
 
 
 def retrying(fn: Callable[[], Any], what: str, attempts: int = 6, base_delay: float = 0.2) -> Any:
-    """Call ``fn``; retry transient failures with exponential backoff. ``FileNotFoundError`` and
-    ``PermissionError`` are answers, not faults, and propagate at once."""
+    """Call ``fn``; retry transient failures with exponential backoff. ``FileNotFoundError``,
+    ``PermissionError`` and ``NotRegularFile`` are answers, not faults, and propagate at once."""
     for attempt in range(attempts):
         try:
             return fn()
-        except (FileNotFoundError, PermissionError):
+        except (FileNotFoundError, PermissionError, uris.NotRegularFile):
             raise
         except Exception as e:  # noqa: BLE001 - object stores raise many types for 5xx / dropped connections
             if attempt == attempts - 1:
@@ -72,26 +75,28 @@ def retrying(fn: Callable[[], Any], what: str, attempts: int = 6, base_delay: fl
     raise AssertionError("unreachable")
 
 
-def kind(fs: fsspec.AbstractFileSystem, path: str) -> Optional[str]:
-    """"file", "directory" or None (absent). Unlike ``fs.exists`` — which answers False when the store
-    errors — a transient error is retried and a persistent one raised, never read as "absent"."""
+def kind(uri: str) -> Optional[str]:
+    """"file", "directory", "other" (a local FIFO, socket or device) or None (absent). Unlike ``fs.exists``
+    — which answers False when the store errors — a transient error is retried and a persistent one
+    raised, never read as "absent"."""
     def probe() -> Optional[str]:
-        try:
-            return "file" if fs.info(path).get("type") == "file" else "directory"
-        except FileNotFoundError:
-            return None
-    fs.invalidate_cache()
-    return retrying(probe, f"stat {path}")
+        found = uris.info(normalize(uri))
+        return found["type"] if found else None
+    return retrying(probe, f"stat {uri}")
 
 
 def exists(uri: str) -> bool:
-    fs, path = fs_for(uri)
-    return kind(fs, path) is not None
+    return kind(uri) is not None
 
 
-def read_bytes(uri: str) -> bytes:
-    fs, path = fs_for(uri)
-    return fs.cat_file(path)
+def read_bytes(uri: str, start: Optional[int] = None, end: Optional[int] = None) -> bytes:
+    """The bytes of ``uri`` (or of ``[start, end)``); local files must be regular (``NotRegularFile``)."""
+    return uris.read_bytes(normalize(uri), start, end)
+
+
+def open_read(uri: str) -> BinaryIO:
+    """A seekable binary file for reading ``uri``; local files must be regular (``NotRegularFile``)."""
+    return uris.open_read(normalize(uri))
 
 
 def read_json(uri: str) -> Any:
@@ -101,8 +106,9 @@ def read_json(uri: str) -> Any:
 def list_dir(uri: str) -> List[str]:
     """Immediate children (URIs) of a directory/prefix; empty when it does not exist."""
     fs, path = fs_for(uri)
-    if kind(fs, path) is None:
+    if kind(uri) is None:
         return []
+    fs.invalidate_cache()
     return sorted(to_uri(fs, p) for p in retrying(lambda: fs.ls(path, detail=False), f"list {uri}"))
 
 
@@ -113,8 +119,8 @@ def write_new(uri: str, data: bytes) -> bool:
     Object stores: a single PUT is atomic; the existence check races only with a concurrent writer of
     the same run, which scheduling rules out (unique submission ids).
     """
-    fs, path = fs_for(uri)
     if not is_remote(uri):
+        path = normalize(uri)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
         with open(tmp, "wb") as f:
@@ -128,9 +134,10 @@ def write_new(uri: str, data: bytes) -> bool:
         finally:
             os.unlink(tmp)
         return True
-    if kind(fs, path) is not None:
+    if kind(uri) is not None:
         return False
-    retrying(lambda: fs.pipe_file(path, data), f"write {uri}")  # a PUT is idempotent: same bytes, same key
+    # a PUT is idempotent: same bytes, same key
+    retrying(lambda: uris.write_bytes(normalize(uri), data), f"write {uri}")
     return True
 
 
@@ -140,13 +147,11 @@ def write_json_new(uri: str, obj: Any) -> bool:
 
 def check_writable(uri: str) -> None:
     """Raise ``PermissionError``/``OSError`` with the URI named unless a probe object can be written there."""
-    fs, path = fs_for(uri)
-    probe = join(uri, f"_write_probe-{uuid.uuid4().hex}")
+    probe = normalize(join(uri, f"_write_probe-{uuid.uuid4().hex}"))
     try:
         if not is_remote(uri):
-            os.makedirs(path, exist_ok=True)
-        fs_probe, probe_path = fs_for(probe)
-        fs_probe.pipe_file(probe_path, b"")
-        fs_probe.rm_file(probe_path)
+            os.makedirs(normalize(uri), exist_ok=True)
+        uris.write_bytes(probe, b"")
+        uris.remove(probe)
     except Exception as e:  # noqa: BLE001 - re-raised with the output named
         raise PermissionError(f"output {uri} is not writable: {type(e).__name__}: {e}") from e

@@ -11,9 +11,9 @@ import json
 import os
 from typing import Callable, Dict, List, Optional, Tuple
 
-import fsspec
 import numpy as np
 
+from pipeline import uri as uris
 from pipeline.datasets import Benchmark, list_pairs, load_gt
 from pipeline.metrics import IoUAccumulator, markdown_table
 from pipeline.label_dataset import load_rgb
@@ -91,12 +91,11 @@ def write_report(scores: Dict, out_dir: str, extra: Optional[Dict] = None) -> Tu
     record = {**scores, **(extra or {}), "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat()}
     base = out_dir.rstrip("/")
     json_uri, md_uri = f"{base}/metrics.json", f"{base}/metrics.md"
-    with fsspec.open(json_uri, "w", auto_mkdir=True) as f:
-        json.dump(record, f, indent=1)
+    uris.write_bytes(json_uri, json.dumps(record, indent=1).encode("utf-8"))
     paper = scores.get("paper_resclip_vitb16_mIoU")
     note = f"Paper (ResCLIP, ViT-B/16): {paper} mIoU.\n" if paper is not None else ""
-    with fsspec.open(md_uri, "w", auto_mkdir=True) as f:
-        f.write(markdown_table(scores, title=f"{scores.get('benchmark', '')} evaluation") + "\n" + note)
+    table = markdown_table(scores, title=f"{scores.get('benchmark', '')} evaluation")
+    uris.write_bytes(md_uri, (table + "\n" + note).encode("utf-8"))
     return json_uri, md_uri
 
 

@@ -1,8 +1,8 @@
 """Exports of a committed run: COCO annotations JSON and palette-PNG label maps.
 
-Output goes to a local path or fsspec URI. File names derived from image ids go through
-``safe_name`` and ``join_under``: whatever an id contains (``../``, ``/abs``, ``s3://``, NUL), no file
-is written outside the chosen output prefix.
+Output goes to a local path or s3:// URI, taken literally (``pipeline.uri``). File names derived from
+image ids go through ``safe_name`` and ``join_under``: whatever an id contains (``../``, ``/abs``,
+``s3://``, NUL), no file is written outside the chosen output prefix.
 
 Conventions:
 * COCO: image ``id`` = 1..N in run order, ``category_id`` = run class index + 1 (COCO ids start at 1;
@@ -21,10 +21,10 @@ import json
 import re
 from typing import Any, Dict, Iterator, List
 
-import fsspec
 import numpy as np
 from PIL import Image
 
+from pipeline import uri as uris
 from pipeline.overlay import palette
 from pipeline.reader import UNLABELED, Run, label_map
 from schemas import SCHEMA_VERSION
@@ -94,9 +94,9 @@ def coco_chunks(run: Run, **filters: Any) -> Iterator[str]:
 
 def write_coco(run: Run, out_uri: str, **filters: Any) -> str:
     """Write the COCO annotations JSON of ``run`` to ``out_uri`` (a file path or URI); returns it."""
-    with fsspec.open(out_uri, "w", encoding="utf-8", auto_mkdir=True) as f:
+    with uris.open_write(out_uri) as f:
         for chunk in coco_chunks(run, **filters):
-            f.write(chunk)
+            f.write(chunk.encode("utf-8"))
     return out_uri
 
 
@@ -136,9 +136,7 @@ def write_label_pngs(run: Run, out_prefix: str, name_by: str = "image_id", fill:
     Returns:
         image_id → written URI. Two rows mapping to one file name raise ``ValueError``.
     """
-    fs, root = fsspec.core.url_to_fs(out_prefix)
-    root = root.rstrip("/")
-    fs.makedirs(root, exist_ok=True)
+    root = out_prefix.rstrip("/")
     names = run.categories
     files: Dict[str, str] = {}
     used: Dict[str, str] = {}
@@ -149,16 +147,16 @@ def write_label_pngs(run: Run, out_prefix: str, name_by: str = "image_id", fill:
             raise ValueError(f"image ids {used[name]!r} and {row['image_id']!r} both map to {name}; "
                              "use name_by='image_id'")
         used[name] = row["image_id"]
-        fs.pipe_file(join_under(root, name), png_bytes(label_map(row, fill), len(names)))
+        uris.write_bytes(join_under(root, name), png_bytes(label_map(row, fill), len(names)))
         files[row["image_id"]] = name
     index = {"classes": names, "ignore_index": UNLABELED, "unlabeled_value": fill,
              "value_meaning": f"class index 0..{len(names) - 1}; {fill} where no segment covers the pixel",
              "reduce_zero_label": False, "run": run.uri, "files": files}
-    fs.pipe_file(join_under(root, PNG_INDEX), json.dumps(index, indent=1).encode())
-    return {k: out_prefix.rstrip("/") + "/" + v for k, v in files.items()}
+    uris.write_bytes(join_under(root, PNG_INDEX), json.dumps(index, indent=1).encode())
+    return {k: root + "/" + v for k, v in files.items()}
 
 
 def read_label_png(uri: str) -> np.ndarray:
     """Read an exported label PNG back: (H, W) uint8 class indices (palette indices, not colours)."""
-    with fsspec.open(uri, "rb") as f, Image.open(f) as im:
+    with uris.open_read(uri) as f, Image.open(f) as im:
         return np.asarray(im)

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional, Union
 
-import fsspec
 import numpy as np
 from torch.utils import data as torch_data
 
+from pipeline import uri as uris
 from pipeline.decode import decode_image
 from pipeline.reader import UNLABELED, Run, label_map
 
@@ -18,10 +18,9 @@ ImageSource = Union[None, str, Callable[[Dict[str, Any]], np.ndarray]]
 
 
 def load_rgb(uri: str) -> np.ndarray:
-    """Read an image (local path or fsspec URI) as (H, W, 3) uint8 RGB, decoded exactly as the labeling
-    job decodes it (``pipeline.decode``: EXIF orientation applied). Raises ``ValueError`` if it fails."""
-    with fsspec.open(uri, "rb") as f:
-        decoded = decode_image(f.read(), max_pixels=2**62)
+    """Read an image (local path or s3:// URI, taken literally) as (H, W, 3) uint8 RGB, decoded exactly as the
+    labeling job decodes it (``pipeline.decode``: EXIF orientation applied). Raises ``ValueError`` if it fails."""
+    decoded = decode_image(uris.read_bytes(uri), max_pixels=2**62)
     if decoded.status != "ok":
         raise ValueError(f"{uri}: cannot decode image ({decoded.status}: {decoded.error})")
     return decoded.image

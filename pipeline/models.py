@@ -142,25 +142,30 @@ def _cache_dir() -> pathlib.Path:
 
 
 def fetch_weights(uri: str) -> str:
-    """Local path for a weights path or fsspec URI; remote files are copied once per node (atomic rename)."""
-    import fsspec
+    """Local path for a weights path or s3:// URI (names taken literally, ``pipeline.uri``); remote files are
+    copied once per node (atomic rename). A local path must be a regular file."""
+    import shutil
 
-    if "://" not in uri or uri.startswith("file://"):
-        path = uri[len("file://"):] if uri.startswith("file://") else uri
+    from pipeline import uri as uris
+
+    protocol, path = uris.split(uri)
+    if protocol == uris.LOCAL:
+        not_regular = uris.non_regular_kind(path)
+        if not_regular is not None:
+            raise WeightsError(f"weights {uri}: not a regular file: {not_regular}")
         if not os.path.isfile(path):
             raise WeightsError(f"weights {uri}: file not found")
         return path
-    fs, path = fsspec.core.url_to_fs(uri)
-    try:
-        info = fs.info(path)
-    except FileNotFoundError as e:
-        raise WeightsError(f"weights {uri}: object not found") from e
-    tag = hashlib.sha256(f"{uri}|{info.get('size')}|{info.get('ETag', info.get('mtime', ''))}".encode()).hexdigest()[:16]
+    info = uris.info(uri)
+    if info is None or info["type"] != "file":
+        raise WeightsError(f"weights {uri}: object not found")
+    tag = hashlib.sha256(f"{uri}|{info['size']}|{info['tag']}".encode()).hexdigest()[:16]
     dest = _cache_dir() / "weights" / f"{tag}-{os.path.basename(path)}"
     if not dest.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_suffix(dest.suffix + f".tmp{os.getpid()}")
-        fs.get(path, str(tmp))
+        with uris.open_read(uri) as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 23)
         os.replace(tmp, dest)
     return str(dest)
 

@@ -1,6 +1,6 @@
 """Read a labeling run: rows, per-class masks, label maps (pyarrow + numpy + pycocotools; no Ray).
 
-A run is a directory (local path or any fsspec URI such as ``s3://bucket/out/runs/<run_id>``) holding
+A run is a directory (local path or URI such as ``s3://bucket/out/runs/<run_id>``, taken literally) holding
 ``part-*.parquet`` files in ``schemas.LABEL_SCHEMA`` and ``_SUCCESS.json``, written last. A run
 without ``_SUCCESS.json`` is partial (a job still writing, or one that died) and is refused unless
 ``allow_partial=True``.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import fsspec
@@ -21,12 +22,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from pipeline import uri as uris
 from pipeline.rle import decode_rle
 from schemas import LABEL_SCHEMA
 
 SUCCESS_FILE = "_SUCCESS.json"
 PLAN_FILE, PLAN_KEY = "_plan.parquet", b"reslabel.plan"  # the job's run registration (jobs/commit.py)
 UNLABELED = 255  # label-map value of pixels that no segment covers
+_PART_RE = re.compile(r"part-.*\.parquet")
 CATEGORY_KEYS = ("reslabel.categories", "reslabel.class_names", "categories")  # JSON list of class names
 
 
@@ -129,14 +132,14 @@ class Run:
 
 
 def open_run(uri: str, allow_partial: bool = False, storage_options: Optional[Dict[str, Any]] = None) -> Run:
-    """Open the run directory ``uri`` (local path or fsspec URI).
+    """Open the run directory ``uri`` (local path or URI, taken literally: ``pipeline.uri``).
 
     Raises ``FileNotFoundError`` when no Parquet part exists and ``RunNotCommitted`` when
     ``_SUCCESS.json`` is missing and ``allow_partial`` is false.
     """
-    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    fs, path = uris.filesystem(uri, **(storage_options or {}))
     path = path.rstrip("/")
-    files = sorted(p for p in fs.glob(f"{path}/part-*.parquet"))
+    files = _part_files(fs, path)
     manifest = None
     if fs.exists(f"{path}/{SUCCESS_FILE}"):
         with fs.open(f"{path}/{SUCCESS_FILE}", "rb") as f:
@@ -155,6 +158,15 @@ def open_run(uri: str, allow_partial: bool = False, storage_options: Optional[Di
         meta = ds.dataset(files[0], format="parquet", filesystem=fs).schema.metadata or {}
         metadata = {k.decode(): v.decode() for k, v in meta.items()}
     return Run(uri=uri, fs=fs, path=path, files=files, manifest=manifest, metadata=metadata)
+
+
+def _part_files(fs: fsspec.AbstractFileSystem, path: str) -> List[str]:
+    """The ``part-*.parquet`` files directly in ``path`` (a listing, not a glob: the path itself may hold ``*[?``)."""
+    try:
+        names = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return []
+    return sorted(p for p in names if _PART_RE.fullmatch(p.rstrip("/").rsplit("/", 1)[-1]))
 
 
 def decode_segment(segment: Dict[str, Any]) -> np.ndarray:

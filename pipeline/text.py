@@ -11,13 +11,13 @@ import dataclasses
 import hashlib
 import json
 import logging
-import posixpath
 import time
 from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
+from pipeline import uri as uris
 from pipeline.config import ModelConfig
 from pipeline.vocabulary import Vocabulary
 
@@ -35,29 +35,22 @@ class TextEmbeddings:
     key: str
 
     def save(self, uri: str) -> None:
-        """Write to a local path or fsspec URI (safetensors with the names in its metadata)."""
-        import fsspec
+        """Write to a local path or s3:// URI, taken literally (safetensors with the names in its metadata).
+
+        The file appears whole or not at all (local: temp file + rename; S3: one PUT).
+        """
         from safetensors.torch import save
 
         meta = {"query_names": json.dumps(self.query_names), "query_to_class": json.dumps(self.query_to_class),
                 "class_names": json.dumps(self.class_names), "key": self.key}
-        blob = save({"embeddings": self.embeddings.contiguous()}, metadata=meta)
-        fs, path = fsspec.core.url_to_fs(uri)
-        parent = posixpath.dirname(path)
-        if parent:
-            fs.makedirs(parent, exist_ok=True)
-        tmp = f"{path}.tmp"
-        with fs.open(tmp, "wb") as f:
-            f.write(blob)
-        fs.mv(tmp, path)
+        uris.write_bytes(uri, save({"embeddings": self.embeddings.contiguous()}, metadata=meta))
 
     @classmethod
     def load(cls, uri: str) -> "TextEmbeddings":
-        import fsspec
+        """Read embeddings written by ``save`` (``FileNotFoundError`` when ``uri`` does not exist)."""
         from safetensors.torch import load
 
-        with fsspec.open(uri, "rb") as f:
-            blob = f.read()
+        blob = uris.read_bytes(uri)
         tensors = load(blob)
         header_len = int.from_bytes(blob[:8], "little")  # safetensors: u64 length, then a JSON header
         meta = json.loads(blob[8:8 + header_len])["__metadata__"]

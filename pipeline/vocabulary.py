@@ -12,6 +12,7 @@ import importlib.resources
 import json
 from typing import Optional, Sequence, Tuple
 
+from pipeline import uri as uris
 from pipeline.config import ConfigError
 
 BENCHMARK_VOCABULARIES = {
@@ -36,14 +37,23 @@ def default_templates() -> Tuple[str, ...]:
 
 
 def read_text_uri(uri: str) -> str:
-    """Read a small UTF-8 text file from a local path or any fsspec URI (s3://...)."""
-    import fsspec
+    """Read a small UTF-8 text file from a local path or an s3:// URI, its name taken literally.
 
+    Every failure is one ``ConfigError`` naming ``uri`` and the problem (missing, a directory or other
+    non-regular file, unreadable, not UTF-8).
+    """
     try:
-        with fsspec.open(uri, "rt", encoding="utf-8") as f:
-            return f.read()
+        return uris.read_text(uri)
     except FileNotFoundError as e:
         raise ConfigError(f"{uri}: file not found") from e
+    except uris.NotRegularFile as e:
+        if e.what == "directory":
+            raise ConfigError(f"{uri}: is a directory, expected a text file") from e
+        raise ConfigError(f"{uri}: not a regular file ({e.what}), expected a text file") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{uri}: not UTF-8 text: byte 0x{e.object[e.start]:02x} at position {e.start}") from e
+    except OSError as e:
+        raise ConfigError(f"{uri}: cannot read: {e.strerror or e}") from e
 
 
 @dataclasses.dataclass(frozen=True)

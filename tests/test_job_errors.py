@@ -84,6 +84,17 @@ def test_run_id_accepted(run_id):
     assert LabelJobConfig(input="x", output="y", run_id=run_id).validate().run_id == run_id
 
 
+def test_non_utf8_vocabulary_is_one_error_line(model_args, image_dir_small, tmp_path, capsys):
+    bad = tmp_path / "classes::latin1.txt"
+    bad.write_bytes("caf\u00e9\n".encode("latin-1"))
+    args = list(model_args)
+    args[args.index("--vocabulary") + 1] = str(bad)
+    code, err = _run(["--input", str(image_dir_small), "--output", str(tmp_path / "out"), *args], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines() == [f"error: {bad}: not UTF-8 text: byte 0xe9 at position 3"]
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.fixture
 def image_dir_small(tmp_path):
     d = tmp_path / "imgs"

@@ -1,6 +1,9 @@
 """Vocabulary parsing (benchmark file format), templates, and the errors raised before model work."""
 from __future__ import annotations
 
+import os
+import re
+
 import pytest
 
 from pipeline.config import ConfigError
@@ -65,3 +68,31 @@ def test_file_and_templates_load(tiny_vocab_file, tiny_templates_file):
     v = Vocabulary.load(tiny_vocab_file, tiny_templates_file)
     assert v.num_queries == 7 and v.num_classes == 4
     assert v.prompts("cat") == ["a photo of a cat.", "a bad photo of the cat."]
+
+
+def test_names_are_literal(tmp_path):
+    (tmp_path / "v").write_text("wrong\n")  # what a URL-chain parse of "v::1.txt" would read
+    (tmp_path / "v::1.txt").write_text("cat\ndog, puppy\n")
+    (tmp_path / "t?x#y.txt").write_text("a photo of a {}.\n")
+    v = Vocabulary.load(str(tmp_path / "v::1.txt"), f"file://{tmp_path / 't?x#y.txt'}")
+    assert v.class_names == ("cat", "dog") and v.templates == ("a photo of a {}.",)
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: p.write_bytes(b"cat\n\xffdog\n"), "not UTF-8 text: byte 0xff at position 4"),
+    (lambda p: p.mkdir(), "is a directory, expected a text file"),
+    (lambda p: os.mkfifo(p), r"not a regular file \(FIFO\), expected a text file"),
+    (lambda p: None, "file not found"),
+])
+def test_unreadable_files_are_one_config_error(tmp_path, make, message):
+    path = tmp_path / "classes.txt"
+    make(path)
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: {message}$"):
+        Vocabulary.load(str(path))
+
+
+def test_other_os_errors_name_the_path(tmp_path):
+    (tmp_path / "file").write_text("x")
+    path = tmp_path / "file" / "classes.txt"  # a path through a regular file: NotADirectoryError
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: cannot read: Not a directory$"):
+        Vocabulary.load("voc21", str(path))
