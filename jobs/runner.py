@@ -25,8 +25,15 @@ from jobs.stages import TIMING_COLUMNS, SegmentStage, read_decode
 from schemas.version import code_version
 
 log = logging.getLogger("reslabel.job")
-DECODE_MEMORY = 512 * 2**20  # bytes reserved per read+decode task
+DECODE_BASE_BYTES = 128 * 2**20  # peak USS of a read+decode task on 16 small or HD images: 111-139 MiB measured
+DECODE_BYTES_PER_PIXEL = 16  # measured 14-15 bytes per decoded pixel (bytes, Pillow's RGB, numpy copy, resize)
 MAX_INPUT_BLOCKS = 4096  # the plan is split into at most this many input blocks
+
+
+def decode_memory(max_pixels: int) -> int:
+    """Bytes a read+decode task reserves: the measured peak for an image of ``max_pixels`` pixels plus the 25 %
+    headroom of Ray Data's high-memory check (``bench/decode_memory.py``, ``bench/results/decode_memory.json``)."""
+    return int(1.25 * (DECODE_BASE_BYTES + DECODE_BYTES_PER_PIXEL * max_pixels))
 
 
 class JobError(RuntimeError):
@@ -180,7 +187,8 @@ def _label(cfg, run: str, todo: pa.Table, prep: Dict, text_ref, seg_cfg, mc, voc
     per_block = max(k, -(-todo.num_rows // MAX_INPUT_BLOCKS))  # enough parallelism, bounded driver puts
     ds = ray.data.from_arrow([todo.slice(i, per_block) for i in range(0, todo.num_rows, per_block)])
     # memory: room for one max-pixels decode; also keeps decode in CPU tasks, out of the actor (no fusion)
-    ds = ds.map_batches(read_decode, batch_format="pyarrow", batch_size=k, num_cpus=1, memory=DECODE_MEMORY,
+    ds = ds.map_batches(read_decode, batch_format="pyarrow", batch_size=k, num_cpus=1,
+                        memory=decode_memory(cfg.max_pixels),
                         udf_modifying_row_count=False,
                         fn_kwargs=dict(seg_config=seg_cfg, bytes_column=cfg.bytes_column, max_pixels=cfg.max_pixels,
                                        s3_endpoint=cfg.s3_endpoint))
@@ -204,7 +212,7 @@ def run_job(cfg: LabelJobConfig) -> Dict:
     the job should be reported as failed (the CLI exits 3)."""
     import ray
 
-    from pipeline.models import inline_arch
+    from pipeline.models import check_weights, inline_arch
     from pipeline.vocabulary import Vocabulary
 
     t0 = time.perf_counter()
@@ -222,6 +230,8 @@ def run_job(cfg: LabelJobConfig) -> Dict:
             started = _init_ray(cfg)  # connect first: the cluster's nodes decide which local paths are safe
         if ray.is_initialized():
             cluster.check_local(cfg.task_paths(), cluster.Placement.of_running_ray(), cfg.shared_fs)
+        if cfg.weights:
+            check_weights(cfg.weights)  # a missing file fails here, before Ray and the model load
         run_uri = commit.run_uri(output, cfg.run_id) if cfg.run_id else None
         if run_uri and storage.exists(storage.join(run_uri, commit.SUCCESS)):
             log.warning("run %s is already committed; nothing to do", cfg.run_id)

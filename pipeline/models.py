@@ -141,11 +141,9 @@ def _cache_dir() -> pathlib.Path:
     return pathlib.Path(root)
 
 
-def fetch_weights(uri: str) -> str:
-    """Local path for a weights path or s3:// URI (names taken literally, ``pipeline.uri``); remote files are
-    copied once per node (atomic rename). A local path must be a regular file."""
-    import shutil
-
+def check_weights(uri: str) -> Optional[dict]:
+    """Raise ``WeightsError`` unless ``uri`` names a regular local file or an existing object (nothing is read);
+    returns the object's info (size, tag) for a remote URI, None for a local path."""
     from pipeline import uri as uris
 
     protocol, path = uris.split(uri)
@@ -155,10 +153,24 @@ def fetch_weights(uri: str) -> str:
             raise WeightsError(f"weights {uri}: not a regular file: {not_regular}")
         if not os.path.isfile(path):
             raise WeightsError(f"weights {uri}: file not found")
-        return path
+        return None
     info = uris.info(uri)
     if info is None or info["type"] != "file":
         raise WeightsError(f"weights {uri}: object not found")
+    return info
+
+
+def fetch_weights(uri: str) -> str:
+    """Local path for a weights path or s3:// URI (names taken literally, ``pipeline.uri``); remote files are
+    copied once per node (atomic rename). A local path must be a regular file."""
+    import shutil
+
+    from pipeline import uri as uris
+
+    info = check_weights(uri)
+    protocol, path = uris.split(uri)
+    if info is None:
+        return path
     tag = hashlib.sha256(f"{uri}|{info['size']}|{info['tag']}".encode()).hexdigest()[:16]
     dest = _cache_dir() / "weights" / f"{tag}-{os.path.basename(path)}"
     if not dest.exists():
@@ -411,6 +423,6 @@ def arch_display_name(arch: str) -> str:
     return pathlib.Path(arch).stem if arch.endswith(".json") else arch
 
 
-__all__ = ["VisionParts", "Block", "vision_parts", "resolve_arch", "inline_arch", "fetch_weights", "weights_digest",
+__all__ = ["VisionParts", "Block", "vision_parts", "resolve_arch", "inline_arch", "check_weights", "fetch_weights", "weights_digest",
            "load_state_dict", "check_state_dict", "build_model", "tokenizer_for", "WeightsError",
            "TORCH_DTYPES", "resolve_device", "arch_display_name", "slow_cpu_dtype"]

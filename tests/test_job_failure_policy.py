@@ -2,6 +2,8 @@
 frequent errors named; errors raised inside Ray tasks and actor constructors reach the CLI as one `error:` line."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from jobs.label import EXIT_FAILED_RUN, main, user_error
@@ -51,13 +53,16 @@ def test_all_bad_input_exits_3_with_rows_committed(ray_local, model_args, tmp_pa
 
 def test_error_rate_threshold(ray_local, model_args, tmp_path, capsys):
     _bad_and_good(tmp_path / "in", 3, 1)
-    args = ["--input", str(tmp_path / "in"), *model_args]
-    assert main([*args, "--output", str(tmp_path / "a")]) == 0  # 1 of 4 failed: under the default 0.5
-    assert main([*args, "--output", str(tmp_path / "b"), "--max-error-rate", "0.2"]) == EXIT_FAILED_RUN
+    args = ["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), *model_args]
+    assert main([*args, "--max-error-rate", "0.2"]) == EXIT_FAILED_RUN
     assert "1 of 4 rows failed (25.0%), above --max-error-rate 0.2" in capsys.readouterr().err
+    (run,) = (tmp_path / "out" / "runs").iterdir()
+    summary = json.loads((run / "_SUCCESS.json").read_text())
+    assert policy_failure(summary, 0.5) is None  # the default lets 1 of 4 pass
+    assert main([*args, "--max-error-rate", "0.5", "--run-id", run.name]) == 0  # committed run: verdict re-read
     with pytest.raises(SystemExit):
-        main([*args, "--output", str(tmp_path / "c"), "--max-error-rate", "x"])
-    assert main([*args, "--output", str(tmp_path / "c"), "--max-error-rate", "1.5"]) == 2
+        main([*args, "--max-error-rate", "x"])
+    assert main([*args, "--max-error-rate", "1.5"]) == 2
 
 
 def _fail_in_task(message: str):

@@ -87,6 +87,7 @@ def test_readme_recipe_succeeds_with_exact_rows_and_commit(head, bucket, moto_en
     assert {r["code_version"] for r in rows} == {stamp["code_version"]}  # the commit, without .git in the job
     assert "text embeddings: batch" in logs  # progress while encoding the vocabulary
     assert f"output: s3://{bucket}/labels/runs/" in logs
+    assert "memory per worker" not in logs  # Ray Data's high-memory warning: the decode reservation fits
 
 
 def test_relative_output_is_refused(head, bucket, moto_endpoint):
@@ -114,7 +115,7 @@ def test_nothing_labelable_ends_failed(head, bucket, moto_endpoint):
 
 
 def test_stop_mid_run_then_resubmit_is_exactly_once(head, bucket, moto_endpoint, tmp_path):
-    names = write_images(tmp_path / "many", 40, seed=9)
+    names = write_images(tmp_path / "many", 28, seed=9)
     upload_dir(moto_endpoint, tmp_path / "many", bucket, "many")
     out_prefix, run_id = "stop-labels", "stop-run"
     c = s3_client(moto_endpoint)
@@ -135,7 +136,7 @@ def test_stop_mid_run_then_resubmit_is_exactly_once(head, bucket, moto_endpoint,
         time.sleep(1)
     assert head.status(first) == "STOPPED"
     at_stop = parts()
-    assert len(at_stop) < 10, "the run finished before it could be stopped: stop it earlier"
+    assert len(at_stop) < 7, "the run finished before it could be stopped: stop it earlier"
 
     second = f"labels-resume-{uuid.uuid4().hex[:6]}"
     done = head.submit(second, args)
