@@ -25,8 +25,8 @@ from jobs.stages import TIMING_COLUMNS, SegmentStage, read_decode
 from schemas.version import code_version
 
 log = logging.getLogger("reslabel.job")
-DECODE_BASE_BYTES = 128 * 2**20  # peak USS of a read+decode task on 16 small or HD images: 111-139 MiB measured
-DECODE_BYTES_PER_PIXEL = 16  # measured 14-15 bytes per decoded pixel (bytes, Pillow's RGB, numpy copy, resize)
+DECODE_BASE_BYTES = 160 * 2**20  # peak USS of a read+decode task on 16 VGA or HD images: 132-163 MiB measured
+DECODE_BYTES_PER_PIXEL = 16  # measured 15-16 bytes per decoded pixel (bytes, Pillow's RGB, numpy copy, resize)
 MAX_INPUT_BLOCKS = 4096  # the plan is split into at most this many input blocks
 
 
