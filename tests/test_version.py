@@ -24,6 +24,14 @@ def _git(root: pathlib.Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True, text=True).stdout.strip()
 
 
+def _commit_all(root: pathlib.Path) -> str:
+    """``git init`` + commit everything at ``root``; the commit's 12-digit short sha."""
+    _git(root, "init", "-q")
+    for args in (("add", "."), ("commit", "-qm", "x")):
+        _git(root, "-c", "user.email=t@t", "-c", "user.name=t", *args)
+    return _git(root, "rev-parse", "--short=12", "HEAD")
+
+
 def _code_version_in(root: pathlib.Path, env_extra=None) -> str:
     """code_version() as a fresh interpreter running the copy at ``root`` computes it."""
     env = {"PATH": "/usr/bin:/bin", **(env_extra or {})}
@@ -34,10 +42,7 @@ def _code_version_in(root: pathlib.Path, env_extra=None) -> str:
 
 def test_stamp_carries_the_commit_where_there_is_no_git(tmp_path):
     checkout = _copy_project(tmp_path / "checkout")
-    _git(checkout, "init", "-q")
-    _git(checkout, "-c", "user.email=t@t", "-c", "user.name=t", "add", ".")
-    _git(checkout, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "x")
-    sha = _git(checkout, "rev-parse", "--short=12", "HEAD")
+    sha = _commit_all(checkout)
     assert _code_version_in(checkout) == f"{version.__version__}+g{sha}"
 
     done = subprocess.run([sys.executable, "schemas/version.py", "--stamp"], cwd=checkout, capture_output=True,
@@ -57,10 +62,7 @@ def test_stamp_carries_the_commit_where_there_is_no_git(tmp_path):
 
 def test_dirty_checkout_names_its_source(tmp_path):
     checkout = _copy_project(tmp_path / "c")
-    _git(checkout, "init", "-q")
-    _git(checkout, "-c", "user.email=t@t", "-c", "user.name=t", "add", ".")
-    _git(checkout, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "x")
-    sha = _git(checkout, "rev-parse", "--short=12", "HEAD")
+    sha = _commit_all(checkout)
     with open(checkout / "jobs" / "label.py", "a") as f:
         f.write("\n# local edit\n")
     assert _code_version_in(checkout) == f"{version.__version__}+g{sha}.dirty.{version.source_digest(checkout)}"
