@@ -31,7 +31,7 @@ def _model_files(d: pathlib.Path) -> list:
     (d / "vocab.txt").write_text("sky, wall, tree\ncat\ndog, puppy\nperson\n")
     (d / "templates.txt").write_text("a photo of a {}.\na bad photo of the {}.\n")
     return ["--preset", "voc21", "--model", TINY_ARCH, "--weights", str(d / "tiny.pt"), "--vocabulary",
-            str(d / "vocab.txt"), "--templates", str(d / "templates.txt"), "--batch-size", "2", "--read-batch-size", "4"]
+            str(d / "vocab.txt"), "--templates", str(d / "templates.txt"), "--batch-size", "2", "--read-threads", "4"]
 
 
 def trial(i: int, rng: random.Random, work: pathlib.Path, model_args: list, a) -> dict:

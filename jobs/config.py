@@ -1,6 +1,6 @@
 """``LabelJobConfig``: every option of the labeling job, validated once before any work.
 
-The same dataclass is the CLI (``jobs.label``), the run's recorded config (``_plan.parquet`` metadata,
+The same dataclass is the CLI (``jobs.label``), the run's recorded config (``_plan.json``,
 Parquet key-value metadata, ``_SUCCESS.json``) and the Python API. It holds no credentials.
 """
 from __future__ import annotations
@@ -58,9 +58,9 @@ class LabelJobConfig:
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0  # also the torch thread count of a CPU actor
     actor_resources: Optional[Dict[str, float]] = None  # custom Ray resources per segment actor (node pinning)
-    batch_size: int = 4  # images per actor call
-    shard_size: int = 256  # images per committed part file
-    read_batch_size: int = 16  # images per read+decode task call
+    batch_size: int = 4  # images per segmenter call inside an actor (an actor gets whole shards)
+    shard_size: int = 256  # images per committed part file, and per pipeline block
+    read_threads: int = 8  # objects a read task fetches at a time
     max_pixels: int = DEFAULT_MAX_PIXELS
     background: str = "auto"  # auto | none | a class name to drop from segments
     retry: str = "transient"  # which failed statuses a later run retries (see RETRY_POLICIES)
@@ -82,7 +82,7 @@ class LabelJobConfig:
             raise ConfigError("give only one of --pretrained TAG, --weights URI, --random-weights")
         if self.retry not in RETRY_POLICIES:
             raise ConfigError(f"--retry {self.retry!r}; valid: {', '.join(RETRY_POLICIES)}")
-        for name in ("num_actors", "batch_size", "shard_size", "read_batch_size", "max_pixels"):
+        for name in ("num_actors", "batch_size", "shard_size", "read_threads", "max_pixels"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0 (got {getattr(self, name)})")
         if self.gpus_per_actor < 0 or self.cpus_per_actor <= 0:

@@ -5,6 +5,7 @@ tasks and returns each row's encoded image bytes (or a status and error) using t
 """
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import posixpath
 import tarfile
@@ -120,20 +121,24 @@ class Fetched(NamedTuple):
     error: Optional[str] = None
 
 
-def fetch_bytes(rows: Sequence[Dict], bytes_column: str) -> List[Fetched]:
+def fetch_bytes(rows: Sequence[Dict], bytes_column: str, threads: int = 1) -> List[Fetched]:
     """For each index row its bytes, or a status and error: a local path that is not a regular file (FIFO,
     socket, device, directory) is ``unsupported`` and never read; a missing/unreadable object is
-    ``read_error``. Never raises for one bad row."""
-    out: List[Fetched] = []
+    ``read_error``. Never raises for one bad row. Objects are read ``threads`` at a time (rows inside Parquet
+    files in order, one row-group read per group)."""
     parquet_cache: Dict[Tuple[str, int], pa.Array] = {}
-    for r in rows:
+
+    def fetch(r: Dict) -> Fetched:
         try:
-            out.append(Fetched(_fetch_one(r, bytes_column, parquet_cache)))
+            return Fetched(_fetch_one(r, bytes_column, parquet_cache))
         except NotRegularFile as e:
-            out.append(Fetched(None, Status.UNSUPPORTED.value, f"not a regular file: {e.what}"))
+            return Fetched(None, Status.UNSUPPORTED.value, f"not a regular file: {e.what}")
         except Exception as e:  # noqa: BLE001 - a missing/unreadable object is this row's problem
-            out.append(Fetched(None, Status.READ_ERROR.value, _error_text(e)))
-    return out
+            return Fetched(None, Status.READ_ERROR.value, _error_text(e))
+    if threads <= 1 or any(r["row_group"] >= 0 for r in rows):
+        return [fetch(r) for r in rows]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=threads) as pool:
+        return list(pool.map(fetch, rows))
 
 
 def _error_text(e: BaseException) -> str:

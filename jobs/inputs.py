@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -77,26 +77,34 @@ def _image_entry(u: str, not_regular: Optional[str] = None) -> Dict:
     return entry(stable_id(u), u, u)
 
 
-def list_entries(uri: str, exts: tuple) -> List[Tuple[str, Optional[str]]]:
-    """Files under a prefix/directory (recursive) or matching a glob, filtered by extension, by URI:
-    ``(uri, None)`` for a regular file, ``(uri, what)`` for a local entry that is not one ("FIFO", ...).
-
-    A URI that exists is taken literally; only one that does not and holds ``*?[`` is a glob.
-    """
+def _listing(uri: str) -> Iterator[Tuple[str, Optional[str]]]:
+    """``(uri, not_regular)`` for every file under a prefix/directory (streamed), a single file, or the files
+    matching a glob. A URI that exists is taken literally; only one that does not and holds ``*?[`` is a glob."""
     fs, path = storage.fs_for(uri)
-    fs.invalidate_cache()
     k = storage.kind(uri)
     if k is None and any(ch in path for ch in "*?["):
         found = storage.retrying(lambda: fs.glob(path), f"list {uri}")
+        for u in sorted(storage.to_uri(fs, p) for p in found):
+            yield u, None if storage.is_remote(u) else uris.non_regular_kind(u)
     elif k is None:
         raise InputError(f"input {uri}: no such file, directory or prefix")
     elif k == "other":
         raise InputError(f"input {uri}: not a regular file: {uris.non_regular_kind(path)}")
+    elif k == "file":
+        yield uri, None
     else:
-        found = [path] if k == "file" else storage.retrying(lambda: fs.find(path), f"list {uri}")
-    keep = [p for p in found if p.lower().endswith(exts) and not os.path.basename(p).startswith((".", "_"))]
-    found_uris = sorted(storage.to_uri(fs, p) for p in keep)
-    return [(u, None if storage.is_remote(u) else uris.non_regular_kind(u)) for u in found_uris]
+        yield from uris.iter_files(uri)
+
+
+def _visible(u: str, exts: tuple) -> bool:
+    base = u.rstrip("/").rsplit("/", 1)[-1]
+    return base.lower().endswith(exts) and not base.startswith((".", "_"))
+
+
+def list_entries(uri: str, exts: tuple) -> List[Tuple[str, Optional[str]]]:
+    """Files under a prefix/directory (recursive) or matching a glob, filtered by extension, sorted by URI:
+    ``(uri, None)`` for a regular file, ``(uri, what)`` for a local entry that is not one ("FIFO", ...)."""
+    return sorted(e for e in _listing(uri) if _visible(e[0], exts))
 
 
 def list_files(uri: str, exts: tuple) -> List[str]:
@@ -104,23 +112,47 @@ def list_files(uri: str, exts: tuple) -> List[str]:
     return [u for u, not_regular in list_entries(uri, exts) if not_regular is None]
 
 
-def detect_format(uri: str) -> str:
-    """``auto`` → a concrete kind, by extension of the URI or of the files under it."""
+def scan_input(uri: str, fmt: str, on_images: Callable[[List[Tuple[str, Optional[str]]]], None],
+               chunk_rows: int = 100_000) -> Tuple[str, List[str]]:
+    """List ``uri`` once. Image files go to ``on_images`` in chunks of at most ``chunk_rows`` while the listing
+    runs (memory stays flat); container files are collected. Returns ``(kind, container files)``.
+
+    ``fmt="auto"`` decides by the URI's extension, else by what the one listing found: WebDataset shards, else
+    Parquet (image bytes → ``parquet``, else ``manifest``), else images. When it is not images, the image
+    chunks already handed out are to be dropped by the caller (a prefix mixing both kinds is rare).
+    """
     low = storage.normalize(uri).lower()
-    if low.endswith(MANIFEST_EXTS):
-        return "manifest"
-    if low.endswith(".tar") or low.endswith(".tar*") or low.endswith("*.tar"):
-        return "webdataset"
-    if low.endswith(".parquet") or low.endswith("*.parquet"):
-        return _parquet_kind(list_files(uri, (".parquet",)))
-    if low.endswith(IMAGE_EXTS):
-        return "images"
-    if list_files(uri, (".tar",)):
-        return "webdataset"
-    parquets = list_files(uri, (".parquet",))
-    if parquets:
-        return _parquet_kind(parquets)
-    return "images"
+    if fmt == "auto" and low.endswith(MANIFEST_EXTS):
+        fmt = "manifest"
+    elif fmt == "auto" and (low.endswith(".tar") or low.endswith("*.tar")):
+        fmt = "webdataset"
+    containers: Dict[str, List[str]] = {".tar": [], ".parquet": [], "manifest": []}
+    chunk: List[Tuple[str, Optional[str]]] = []
+    want_images = fmt in ("auto", "images")
+    for u, not_regular in _listing(uri):
+        if want_images and _visible(u, IMAGE_EXTS):
+            chunk.append((u, not_regular))
+            if len(chunk) >= chunk_rows:
+                on_images(chunk)
+                chunk = []
+        elif not_regular is None and _visible(u, (".tar",)):
+            containers[".tar"].append(u)
+        elif not_regular is None and _visible(u, (".parquet",)):
+            containers[".parquet"].append(u)
+        elif not_regular is None and _visible(u, MANIFEST_EXTS):
+            containers["manifest"].append(u)
+    if chunk:
+        on_images(chunk)
+    files = {k: sorted(v) for k, v in containers.items()}
+    if fmt == "auto":
+        fmt = ("webdataset" if files[".tar"] else _parquet_kind(files[".parquet"]) if files[".parquet"] else "images")
+    return fmt, {"images": [], "webdataset": files[".tar"], "parquet": files[".parquet"],
+                 "manifest": files[".parquet"] + files["manifest"]}[fmt]
+
+
+def detect_format(uri: str) -> str:
+    """``auto`` → a concrete kind, by extension of the URI or of the files under it (one listing)."""
+    return scan_input(uri, "auto", lambda chunk: None)[0]
 
 
 def _parquet_kind(files: List[str]) -> str:
@@ -134,30 +166,61 @@ def _parquet_kind(files: List[str]) -> str:
     return "parquet" if binary else "manifest"
 
 
+def image_rows(chunk: List[Tuple[str, Optional[str]]]) -> List[Dict]:
+    """Index entries of listed image files (``scan_input``'s chunks)."""
+    return [_image_entry(u, not_regular) for u, not_regular in chunk]
+
+
+def index_unit(kind: str, unit, options: InputOptions) -> pa.Table:
+    """The index rows (``INDEX_SCHEMA``) of one unit of work: a chunk of listed images, or one container file."""
+    from jobs import containers
+
+    if kind == "images":
+        rows = image_rows(unit)
+    elif kind == "parquet":
+        rows = containers.index_parquet([unit], options)
+    elif kind == "webdataset":
+        rows = containers.index_webdataset([unit])
+    elif kind == "manifest":
+        rows = containers.index_manifest([unit], options)
+    else:
+        raise InputError(f"--input-format {kind!r}; valid: {', '.join(INPUT_FORMATS)}")
+    return pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
+
+
+def distinct_inputs(table: pa.Table, what: str) -> pa.Table:
+    """``table`` sorted by (image_id, source_uri) with repeated (image_id, source_uri) pairs kept once (the same
+    URI listed twice is one input). Raises ``InputError`` naming up to 5 ids that still repeat (two different
+    inputs under one id)."""
+    table = table.sort_by([("image_id", "ascending"), ("source_uri", "ascending")])
+    if table.num_rows < 2:
+        return table
+    ids, srcs = table.column("image_id"), table.column("source_uri")
+    same_id = pc.equal(ids.slice(1), ids.slice(0, table.num_rows - 1))
+    same_src = pc.equal(srcs.slice(1), srcs.slice(0, table.num_rows - 1))
+    repeat = pc.and_(same_id, same_src)
+    keep = pa.concat_arrays([pa.array([True]), pc.invert(repeat).combine_chunks()])
+    table = table.filter(keep)
+    ids = table.column("image_id")
+    if table.num_rows > 1:
+        dup = pc.equal(ids.slice(1), ids.slice(0, table.num_rows - 1)).combine_chunks()
+        if pc.any(dup).as_py():
+            examples = pc.unique(ids.slice(1).filter(dup)).to_pylist()[:5]
+            raise InputError(f"input {what}: duplicate image ids {examples} (ids must be unique per input)")
+    return table
+
+
 def build_index(uri: str, fmt: str, options: InputOptions = InputOptions()) -> pa.Table:
-    """The index (``INDEX_SCHEMA``) of all inputs under ``uri``, sorted by ``image_id``.
+    """The whole index (``INDEX_SCHEMA``) of ``uri`` in this process, sorted by ``image_id``: for small inputs
+    and tests (the job plans with ``jobs.planner``, which never holds the index in one process).
 
     Raises ``InputError`` if the input does not exist, holds no inputs, or repeats an image id.
     """
-    from jobs import containers
-
-    fmt = detect_format(uri) if fmt == "auto" else fmt
-    if fmt == "images":
-        rows = [_image_entry(u, not_regular) for u, not_regular in list_entries(uri, IMAGE_EXTS)]
-    elif fmt == "parquet":
-        rows = containers.index_parquet(list_files(uri, (".parquet",)), options)
-    elif fmt == "webdataset":
-        rows = containers.index_webdataset(list_files(uri, (".tar",)))
-    elif fmt == "manifest":
-        rows = containers.index_manifest(list_files(uri, (".parquet",) + MANIFEST_EXTS), options)
-    else:
-        raise InputError(f"--input-format {fmt!r}; valid: {', '.join(INPUT_FORMATS)}")
-    if not rows:
-        raise InputError(f"input {uri} ({fmt}): no inputs found")
-    table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA).sort_by("image_id")
-    ids = table.column("image_id")
-    if len(pc.unique(ids)) != len(ids):
-        vc = pc.value_counts(ids).to_pylist()
-        dup = [v["values"] for v in vc if v["counts"] > 1][:5]
-        raise InputError(f"input {uri}: duplicate image ids {dup} (ids must be unique per input)")
-    return table
+    chunks: List[List[Tuple[str, Optional[str]]]] = []
+    kind, files = scan_input(uri, fmt, chunks.append)
+    units = chunks if kind == "images" else files
+    tables = [index_unit(kind, u, options) for u in units]
+    table = pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table()
+    if table.num_rows == 0:
+        raise InputError(f"input {uri} ({kind}): no inputs found")
+    return distinct_inputs(table, uri)

@@ -54,9 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--cpus-per-actor", type=float, default=1.0, help="also the torch thread count on CPU")
     a("--actor-resources", type=_json_object, metavar="JSON",
       help='custom Ray resources per segment actor, e.g. \'{"gpu_node": 1}\' to pin actors to a node type')
-    a("--batch-size", type=int, default=4, help="images per actor call")
-    a("--shard-size", type=int, default=256, help="images per committed part file")
-    a("--read-batch-size", type=int, default=16, help="images per read+decode task call")
+    a("--batch-size", type=int, default=4, help="images per segmenter call inside an actor (actors get whole shards)")
+    a("--shard-size", type=int, default=256, help="images per committed part file and per pipeline block")
+    a("--read-threads", type=int, default=LabelJobConfig.read_threads, help="objects a read task fetches at a time")
+    a("--read-batch-size", dest="read_threads", type=int, default=argparse.SUPPRESS, help="deprecated: read tasks now take whole shards; "
+      "its value sets --read-threads")
     a("--max-pixels", type=int, default=LabelJobConfig.max_pixels, help="refuse larger images (status too_large)")
     a("--background", default="auto", help="auto | none | CLASS_NAME: class left out of segments")
     a("--retry", default="transient", choices=sorted(RETRY_POLICIES), help="failed statuses a later run retries")

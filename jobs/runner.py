@@ -13,27 +13,42 @@ import logging
 import os
 import time
 import uuid
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
-import pyarrow as pa
-import pyarrow.compute as pc
+import numpy as np
 
 from jobs import cluster, commit, storage
 from jobs.config import RETRY_POLICIES, LabelJobConfig
-from jobs.inputs import InputOptions, build_index
-from jobs.stages import TIMING_COLUMNS, SegmentStage, read_decode
+from jobs.inputs import InputError, InputOptions
+from jobs.planner import Indexed, PlanLocator, Planner
+from jobs.stages import SegmentStage, read_shards, write_parts
+from schemas import layout
 from schemas.version import code_version
 
 log = logging.getLogger("reslabel.job")
 DECODE_BASE_BYTES = 160 * 2**20  # peak USS of a read+decode task on 16 VGA or HD images: 132-163 MiB measured
 DECODE_BYTES_PER_PIXEL = 16  # measured 15-16 bytes per decoded pixel (bytes, Pillow's RGB, numpy copy, resize)
-MAX_INPUT_BLOCKS = 4096  # the plan is split into at most this many input blocks
+WRITE_CPUS = 0.5  # a write task: Parquet encoding and one PUT per part
 
 
-def decode_memory(max_pixels: int) -> int:
-    """Bytes a read+decode task reserves: the measured peak for an image of ``max_pixels`` pixels plus the 25 %
-    headroom of Ray Data's high-memory check (``bench/decode_memory.py``, ``bench/results/decode_memory.json``)."""
-    return int(1.25 * (DECODE_BASE_BYTES + DECODE_BYTES_PER_PIXEL * max_pixels))
+def decode_memory(max_pixels: int, shard_bytes: int = 0) -> int:
+    """Bytes a read+decode task reserves: the measured peak for an image of ``max_pixels`` pixels, plus the
+    shard's resized images it holds (``shard_bytes``), plus the 25 % headroom of Ray Data's high-memory check
+    (``bench/decode_memory.py``, ``bench/results/decode_memory.json``)."""
+    return int(1.25 * (DECODE_BASE_BYTES + DECODE_BYTES_PER_PIXEL * max_pixels + shard_bytes))
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory (MiB), as the kernel counts it."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def resized_shard_bytes(seg_cfg, shard_size: int) -> int:
+    """Upper estimate of a shard's resized RGB images: short side ``resize_short``, aspect ratio up to 2."""
+    side = seg_cfg.resize_short
+    return shard_size * side * min(seg_cfg.resize_long, 2 * side) * 3
 
 
 class JobError(RuntimeError):
@@ -107,109 +122,80 @@ def _choose_run(cfg: LabelJobConfig, output: str, config_hash: str) -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
 
 
-def _plan_meta(cfg, run_id: str, prep: Dict, seg_cfg, mc, shards: int, rows: int) -> Dict:
-    return dict(run_id=run_id, config_hash=prep["provenance"]["config_hash"], provenance=prep["provenance"],
-                categories=[{"id": i, "name": n} for i, n in enumerate(prep["class_names"])],
-                excluded_category_ids=prep["exclude"], shards=shards, rows=rows,
+def _manifest(cfg, run_id: str, prep: Dict, seg_cfg, mc, planned) -> Dict:
+    """The run's registration (``_plan.json``): config, provenance, categories and the plan files."""
+    return dict(layout=layout.LAYOUT_VERSION, run_id=run_id, config_hash=prep["provenance"]["config_hash"],
+                provenance=prep["provenance"], categories=[{"id": i, "name": n} for i, n in enumerate(prep["class_names"])],
+                excluded_category_ids=prep["exclude"], shard_size=cfg.shard_size, rows=planned.rows,
+                shards=-(-planned.rows // cfg.shard_size), input_kind=planned.kind, plan_files=planned.files,
                 config={"job": cfg.to_dict(), "segmenter": seg_cfg.to_dict(), "model": mc.to_dict()},
                 created_at=datetime.datetime.now(datetime.timezone.utc).isoformat())
 
 
-def _register(cfg, output: str, index: pa.Table, prep: Dict, seg_cfg, mc) -> Optional[str]:
-    """Find or create the run to work on; None when there is nothing left to label."""
+def _register(cfg, output: str, planner: Planner, indexed: Optional[Indexed], prep: Dict, seg_cfg,
+              mc) -> Tuple[Optional[str], Optional[Dict]]:
+    """Find or create the run to work on: ``(run_id, manifest)``, or ``(None, None)`` when nothing is left."""
     config_hash = prep["provenance"]["config_hash"]
     run_id = _choose_run(cfg, output, config_hash)
     run = commit.run_uri(output, run_id)
-    if storage.exists(storage.join(run, commit.PLAN)):
-        meta = commit.read_plan_meta(run)
-        if meta["config_hash"] != config_hash:
-            raise JobError(f"run {run_id} was planned with config {meta['config_hash']}, this job is {config_hash}; "
-                           "use a new --run-id")
-        return run_id
-    seen = commit.committed_statuses(output, config_hash)
-    pending = commit.exclude_done(index, seen, RETRY_POLICIES[cfg.retry])
-    if pending.num_rows == 0:
-        return None
-    plan = commit.assign_shards(pending, cfg.shard_size)
-    shards = -(-plan.num_rows // cfg.shard_size)
-    if not commit.write_plan(run, plan, _plan_meta(cfg, run_id, prep, seg_cfg, mc, shards, plan.num_rows)):
+    manifest = commit.read_manifest(run)
+    if manifest is not None:
+        if manifest["config_hash"] != config_hash:
+            raise JobError(f"run {run_id} was planned with config {manifest['config_hash']}, this job is "
+                           f"{config_hash}; use a new --run-id")
+        return run_id, manifest
+    if indexed is None:  # a registered run was expected here (see run_job)
+        raise JobError(f"run {run_id} is not registered any more under {output}")
+    planned = planner.write_plan(indexed, run, uuid.uuid4().hex[:8], cfg.shard_size,
+                                 commit.committed_part_uris(output, config_hash))
+    if planned.rows == 0:
+        return None, None
+    manifest = _manifest(cfg, run_id, prep, seg_cfg, mc, planned)
+    if not commit.write_manifest(run, manifest):
         raise JobError(f"run {run_id} was registered concurrently by another job")
-    log.info("run %s: %d images in %d shards (%d already labeled)", run_id, plan.num_rows, shards,
-             index.num_rows - pending.num_rows)
-    return run_id
+    log.info("run %s: %d images in %d shards (%d already labeled)", run_id, planned.rows, manifest["shards"],
+             planned.excluded)
+    return run_id, manifest
 
 
-class ShardWriter:
-    """Collects actor output batches per shard; writes a shard's part file once all its rows arrived."""
-
-    def __init__(self, run: str, expected: Dict[int, int], metadata: Dict[str, str]):
-        self.run, self.expected, self.metadata = run, dict(expected), metadata
-        self.buffers: Dict[int, List[pa.Table]] = collections.defaultdict(list)
-        self.counts: Dict[int, int] = collections.Counter()
-        self.written: List[int] = []
-        self.rows = 0
-
-    def add(self, batch: pa.Table) -> None:
-        shards = batch.column("_shard").to_pylist()
-        for shard in sorted(set(shards)):
-            part = batch.filter(pc.equal(batch.column("_shard"), shard))
-            self.buffers[shard].append(part)
-            self.counts[shard] += part.num_rows
-            if self.counts[shard] == self.expected[shard]:
-                self._flush(shard)
-
-    def _flush(self, shard: int) -> None:
-        tables = self.buffers.pop(shard)
-        stages = {c[3:]: float(sum(pc.sum(t.column(c)).as_py() or 0.0 for t in tables)) for c in TIMING_COLUMNS}
-        errors = commit.error_groups(pa.concat_tables(tables).select(["status", "error", "source_uri"]))
-        meta = {**self.metadata, "reslabel.shard": str(shard),
-                "reslabel.part_stats": json.dumps({"stage_seconds": stages, "errors": errors})}
-        table = commit.part_table(tables, meta)
-        if table.num_rows != self.expected[shard] or len(set(table.column("image_id").to_pylist())) != table.num_rows:
-            raise RuntimeError(f"shard {shard}: {table.num_rows} rows for {self.expected[shard]} planned images")
-        if not commit.write_part(self.run, shard, table):
-            log.warning("shard %d of %s was already committed; kept the existing part", shard, self.run)
-        self.written.append(shard)
-        self.rows += table.num_rows
-
-    def missing(self) -> List[int]:
-        return sorted(set(self.expected) - set(self.written))
-
-
-def _label(cfg, run: str, todo: pa.Table, prep: Dict, text_ref, seg_cfg, mc, vocab,
-           metadata: Dict[str, str]) -> ShardWriter:
-    """Run the Ray Data pipeline over ``todo`` (plan rows of uncommitted shards), writing parts as shards complete."""
+def _label(cfg, run: str, plan: PlanLocator, todo: List[int], prep: Dict, text_ref, seg_cfg, mc, vocab,
+           metadata: Dict[str, str], segment_stage: type) -> Iterator[Dict]:
+    """Run the Ray Data pipeline over the shards ``todo``; yields one write result per committed part."""
     import ray
 
-    expected = collections.Counter(todo.column("_shard").to_pylist())
-    writer = ShardWriter(run, expected, metadata)
-    k = cfg.read_batch_size
-    per_block = max(k, -(-todo.num_rows // MAX_INPUT_BLOCKS))  # enough parallelism, bounded driver puts
-    ds = ray.data.from_arrow([todo.slice(i, per_block) for i in range(0, todo.num_rows, per_block)])
-    # memory: room for one max-pixels decode; also keeps decode in CPU tasks, out of the actor (no fusion)
-    ds = ds.map_batches(read_decode, batch_format="pyarrow", batch_size=k, num_cpus=1,
-                        memory=decode_memory(cfg.max_pixels),
-                        udf_modifying_row_count=False,
-                        fn_kwargs=dict(seg_config=seg_cfg, bytes_column=cfg.bytes_column, max_pixels=cfg.max_pixels,
-                                       s3_endpoint=cfg.s3_endpoint))
-    ds = ds.map_batches(
-        SegmentStage, batch_format="pyarrow", batch_size=cfg.batch_size, udf_modifying_row_count=False,
-        compute=ray.data.ActorPoolStrategy(size=cfg.num_actors), num_gpus=cfg.gpus_per_actor or None,
-        num_cpus=cfg.cpus_per_actor, resources=cfg.actor_resources or None,
-        fn_constructor_kwargs=dict(seg_config=seg_cfg, model_config=mc, vocabulary=vocab, text_embeddings=text_ref,
-                                   provenance=prep["provenance"], run_id=metadata["reslabel.run_id"],
-                                   exclude_ids=prep["exclude"], torch_threads=int(cfg.cpus_per_actor),
-                                   s3_endpoint=cfg.s3_endpoint))
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        writer.add(batch)
-    return writer
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.target_max_block_size
+    ctx.target_max_block_size = None  # never split a block: each write task holds whole shards
+    try:
+        todo_ref = None if todo == list(range(plan.shards)) else ray.put(np.asarray(todo, np.int64))
+        ds = ray.data.range(len(todo), override_num_blocks=len(todo))  # one shard per block
+        ds = ds.map_batches(read_shards, batch_format="pyarrow", batch_size=None, num_cpus=1,
+                            memory=decode_memory(cfg.max_pixels, resized_shard_bytes(seg_cfg, cfg.shard_size)),
+                            fn_kwargs=dict(plan=plan, todo=todo_ref, seg_config=seg_cfg, bytes_column=cfg.bytes_column,
+                                           max_pixels=cfg.max_pixels, threads=cfg.read_threads,
+                                           s3_endpoint=cfg.s3_endpoint))
+        ds = ds.map_batches(
+            segment_stage, batch_format="pyarrow", batch_size=None, udf_modifying_row_count=False,
+            compute=ray.data.ActorPoolStrategy(size=cfg.num_actors), num_gpus=cfg.gpus_per_actor or None,
+            num_cpus=cfg.cpus_per_actor, resources=cfg.actor_resources or None,
+            fn_constructor_kwargs=dict(seg_config=seg_cfg, model_config=mc, vocabulary=vocab, text_embeddings=text_ref,
+                                       provenance=prep["provenance"], run_id=metadata[layout.META_RUN_ID],
+                                       exclude_ids=prep["exclude"], torch_threads=int(cfg.cpus_per_actor),
+                                       images_per_call=cfg.batch_size, s3_endpoint=cfg.s3_endpoint))
+        ds = ds.map_batches(write_parts, batch_format="pyarrow", batch_size=None, num_cpus=WRITE_CPUS,
+                            fn_kwargs=dict(run=run, metadata=metadata))
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            yield from batch.to_pylist()
+    finally:
+        ctx.target_max_block_size = saved
 
 
-def run_job(cfg: LabelJobConfig) -> Dict:
+def run_job(cfg: LabelJobConfig, *, segment_stage: type = SegmentStage) -> Dict:
     """Run (or resume, or finish) one labeling job; returns the summary also stored in ``_SUCCESS.json``.
 
     The run is committed whatever its rows say; ``policy_failure(summary, cfg.max_error_rate)`` tells whether
-    the job should be reported as failed (the CLI exits 3)."""
+    the job should be reported as failed (the CLI exits 3). ``segment_stage`` is the actor class of the segment
+    stage; only ``bench/job_scale.py`` replaces it (a stand-in that skips the model, to time the machinery)."""
     import ray
 
     from pipeline.models import check_weights, inline_arch
@@ -220,7 +206,7 @@ def run_job(cfg: LabelJobConfig) -> Dict:
     cluster.check_relative(cfg.task_paths(), cluster.Submission.from_env(), os.getcwd())
     cfg = cfg.with_absolute_paths()
     storage.apply_endpoint(cfg.s3_endpoint)
-    output = storage.normalize(cfg.output)
+    output, source = storage.normalize(cfg.output), storage.normalize(cfg.input)
     seg_cfg = cfg.segmenter_config()
     vocab = Vocabulary.load(seg_cfg.vocabulary, seg_cfg.templates)  # read once, here; shipped to every task
     mc = inline_arch(cfg.model_config())  # a JSON architecture config travels as text, too
@@ -232,22 +218,26 @@ def run_job(cfg: LabelJobConfig) -> Dict:
             cluster.check_local(cfg.task_paths(), cluster.Placement.of_running_ray(), cfg.shared_fs)
         if cfg.weights:
             check_weights(cfg.weights)  # a missing file fails here, before Ray and the model load
-        run_uri = commit.run_uri(output, cfg.run_id) if cfg.run_id else None
-        if run_uri and storage.exists(storage.join(run_uri, commit.SUCCESS)):
+        resumed = commit.run_uri(output, cfg.run_id) if cfg.run_id else None
+        if resumed and storage.exists(storage.join(resumed, layout.SUCCESS)):
             log.warning("run %s is already committed; nothing to do", cfg.run_id)
-            return storage.read_json(storage.join(run_uri, commit.SUCCESS))
-        index = build_index(storage.normalize(cfg.input), cfg.input_format,
-                            InputOptions(cfg.bytes_column, cfg.id_column, cfg.uri_column))
-        storage.check_writable(output)
+            return storage.read_json(storage.join(resumed, layout.SUCCESS))
+        registered = resumed is not None and commit.read_manifest(resumed) is not None
+        if not registered and storage.kind(source) is None and not any(ch in source for ch in "*?["):
+            raise InputError(f"input {source}: no such file, directory or prefix")
         started = _init_ray(cfg) or started
+        planner = Planner(InputOptions(cfg.bytes_column, cfg.id_column, cfg.uri_column), RETRY_POLICIES[cfg.retry],
+                          cfg.s3_endpoint)
+        indexed = None if registered else planner.index(source, cfg.input_format)  # listed once, indexed by tasks
+        storage.check_writable(output)
         prep = _run_prepare(cfg, output, seg_cfg, mc, vocab)
         t_prepare = time.perf_counter() - t0
-        run_id = _register(cfg, output, index, prep, seg_cfg, mc)
+        run_id, manifest = _register(cfg, output, planner, indexed, prep, seg_cfg, mc)
         if run_id is None:
-            log.warning("nothing to label: all %d inputs are committed for config %s", index.num_rows,
-                        prep["provenance"]["config_hash"])
+            log.warning("nothing to label: every input is committed for config %s", prep["provenance"]["config_hash"])
             return dict(run_id=None, rows=0, new_images=0, config_hash=prep["provenance"]["config_hash"])
-        return _label_and_commit(cfg, output, run_id, prep, seg_cfg, mc, vocab, t0, t_prepare)
+        return _label_and_commit(cfg, output, run_id, manifest, prep, seg_cfg, mc, vocab, t0, t_prepare,
+                                 segment_stage)
     finally:
         if started:
             ray.shutdown()
@@ -257,7 +247,7 @@ def _run_prepare(cfg: LabelJobConfig, output: str, seg_cfg, mc, vocab) -> Dict:
     """The prepare task (model + text embeddings, once per job), then the text cache written from here."""
     import ray
 
-    cache_uri = cfg.text_cache or storage.join(output, "_text_cache")
+    cache_uri = cfg.text_cache or storage.join(output, layout.TEXT_CACHE)
     log.info("preparing: model %s and the text embeddings of %d queries x %d templates (cache %s)", mc.arch,
              vocab.num_queries, len(vocab.templates), cache_uri)
     task = ray.remote(max_calls=1)(_prepare).options(  # its worker exits after: the model's memory is freed
@@ -283,33 +273,39 @@ def policy_failure(summary: Dict, max_error_rate: float) -> Optional[str]:
     return None
 
 
-def _label_and_commit(cfg, output: str, run_id: str, prep: Dict, seg_cfg, mc, vocab, t0: float,
-                      t_prepare: float) -> Dict:
+def _label_and_commit(cfg, output: str, run_id: str, manifest: Dict, prep: Dict, seg_cfg, mc, vocab, t0: float,
+                      t_prepare: float, segment_stage: type) -> Dict:
     import ray
 
     run = commit.run_uri(output, run_id)
-    plan, meta = commit.read_plan(run)
-    done = commit.committed_shards(run)
-    todo = plan.filter(pc.invert(pc.is_in(plan.column("_shard"), value_set=pa.array(sorted(done), pa.int32()))))
-    metadata = {"reslabel.run_id": run_id, "reslabel.categories": json.dumps(meta["categories"]),
-                "reslabel.config": json.dumps(meta["config"], default=str),
-                "reslabel.provenance": json.dumps(meta["provenance"]),
-                "reslabel.excluded_category_ids": json.dumps(meta["excluded_category_ids"])}
-    t1 = time.perf_counter()
-    labeled = 0
-    if todo.num_rows:
+    plan = PlanLocator.of(run, manifest["plan_files"], int(manifest["shard_size"]))
+    done = commit.committed_shards(run) & set(range(plan.shards))
+    todo = [k for k in range(plan.shards) if k not in done]
+    metadata = {layout.META_RUN_ID: run_id, layout.META_CATEGORIES: json.dumps(manifest["categories"]),
+                layout.META_CONFIG: json.dumps(manifest["config"], default=str),
+                layout.META_PROVENANCE: json.dumps(manifest["provenance"]),
+                layout.META_EXCLUDED: json.dumps(manifest["excluded_category_ids"])}
+    t1, cpu1 = time.perf_counter(), time.process_time()
+    parts: List[Dict] = []
+    if todo:
         text_ref = ray.put(prep["text"])  # kept alive for the whole pipeline (actor restarts re-read it)
-        writer = _label(cfg, run, todo, prep, text_ref, seg_cfg, mc, vocab, metadata)
-        if writer.missing():
-            raise RuntimeError(f"run {run_id}: shards {writer.missing()[:10]} got no rows; rerun to resume")
-        labeled = writer.rows
-    t_label = time.perf_counter() - t1
-    parts = commit.read_part_stats(run)
+        for result in _label(cfg, run, plan, todo, prep, text_ref, seg_cfg, mc, vocab, metadata, segment_stage):
+            if not result["written"]:
+                log.warning("shard %d of %s was already committed; kept the existing part", result["shard"], run)
+            parts.append(dict(shard=result["shard"], name=result["name"], rows=result["rows"],
+                              **json.loads(result["stats"])))
+        missing = sorted(set(todo) - {p["shard"] for p in parts})
+        if missing:
+            raise RuntimeError(f"run {run_id}: shards {missing[:10]} got no rows; rerun to resume")
+    labeled = sum(p["rows"] for p in parts)
+    t_label, cpu_label = time.perf_counter() - t1, time.process_time() - cpu1
+    parts += commit.read_part_stats(run, done)  # parts an earlier attempt committed: their footers only
     attempt = dict(images_labeled=labeled, shards_resumed=len(done), wall_seconds=round(time.perf_counter() - t0, 3),
                    prepare_seconds=round(t_prepare, 3), label_seconds=round(t_label, 3),
-                   images_per_second=round(labeled / t_label, 3) if t_label > 0 and labeled else 0.0)
-    record = commit.success_record(run_id, run, meta, parts, attempt)
-    if record["rows"] != meta["rows"]:
-        raise RuntimeError(f"run {run_id}: {record['rows']} committed rows for {meta['rows']} planned images")
+                   images_per_second=round(labeled / t_label, 3) if t_label > 0 and labeled else 0.0,
+                   driver_cpu_label_seconds=round(cpu_label, 3), driver_peak_rss_mib=round(_peak_rss_mib(), 1))
+    record = commit.success_record(run_id, run, manifest, parts, attempt)
+    if record["rows"] != plan.rows:
+        raise RuntimeError(f"run {run_id}: {record['rows']} committed rows for {plan.rows} planned images")
     commit.write_success(run, record)
     return record

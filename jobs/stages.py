@@ -1,40 +1,72 @@
-"""The Ray Data stages of the labeling job: read+decode (CPU tasks) and segment+encode (actor pool).
+"""The Ray Data stages of the labeling job, one shard (or a few) per block from end to end:
 
-Both take and return ``pyarrow.Table`` batches, one row per input image, so every input reaches the
-writer as exactly one row: failures are rows with a status, never exceptions. Private columns
-(``_shard``, ``_t_*`` stage seconds) ride along and are stripped by the writer.
+    read_shards   (CPU tasks)   shard numbers → the shards' plan rows → fetch (threads) → decode → resize
+    SegmentStage  (actor pool)  decoded images → label rows, ``images_per_call`` images per segmenter call
+    write_parts   (CPU tasks)   label rows → ``part-<shard>.parquet`` per shard, written by the worker; returns one
+                                small stats row per part (the driver never sees a label row)
+
+Blocks are never split (the job sets Ray Data's ``target_max_block_size`` to None), so every write task holds
+all rows of each shard in its block and checks it. Every input reaches the writer as exactly one row:
+failures are rows with a status, never exceptions. Private columns (``_shard``, ``_shard_rows``, ``_t_*`` stage
+seconds) ride along and are stripped by the writer.
 """
 from __future__ import annotations
 
 import datetime
+import json
 import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from jobs import storage
-from schemas import Status, make_row, rows_to_table
+from jobs import commit, storage
+from schemas import Status, layout, make_row, rows_to_table
 
 DECODED_SCHEMA = pa.schema([
-    ("image_id", pa.string()), ("source_uri", pa.string()), ("_shard", pa.int32()),
+    ("image_id", pa.string()), ("source_uri", pa.string()), ("_shard", pa.int32()), ("_shard_rows", pa.int32()),
     ("status", pa.string()), ("error", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
-    ("pixels", pa.binary()),  # resized RGB uint8, row-major (rh, rw, 3); null unless ok
+    ("pixels", pa.large_binary()),  # resized RGB uint8, row-major (rh, rw, 3); null unless ok
     ("rh", pa.int32()), ("rw", pa.int32()), ("_t_read", pa.float64()), ("_t_decode", pa.float64()),
 ])
 TIMING_COLUMNS = ("_t_read", "_t_decode", "_t_segment", "_t_encode")
+WRITE_RESULT_SCHEMA = pa.schema([("shard", pa.int32()), ("name", pa.string()), ("rows", pa.int64()),
+                                 ("written", pa.bool_()), ("stats", pa.string())])  # stats: commit.part_stats JSON
 
 
-def read_decode(batch: pa.Table, *, seg_config, bytes_column: str, max_pixels: int,
+def read_shards(batch: pa.Table, *, plan, todo, seg_config, bytes_column: str, max_pixels: int, threads: int,
                 s3_endpoint: Optional[str] = None) -> pa.Table:
-    """Index rows (``jobs.inputs.INDEX_SCHEMA`` + ``_shard``) → decoded, resized images (``DECODED_SCHEMA``)."""
+    """Positions into ``todo`` (the ``id`` column of ``ray.data.range``) → every image of those shards, decoded
+    and resized (``DECODED_SCHEMA``). ``plan`` is a ``jobs.planner.PlanLocator``; ``todo`` the shard numbers to
+    label (an object ref to an int64 array), or None when position == shard."""
+    import ray
+
+    storage.apply_endpoint(s3_endpoint)
+    shards = ray.get(todo) if isinstance(todo, ray.ObjectRef) else todo
+    out = []
+    for i in batch.column("id").to_pylist():
+        shard = int(shards[i]) if shards is not None else int(i)
+        rows = plan.read(shard)
+        rows = rows.append_column("_shard", pa.array([shard] * rows.num_rows, pa.int32()))
+        decoded = read_decode(rows, seg_config=seg_config, bytes_column=bytes_column, max_pixels=max_pixels,
+                              threads=threads)
+        out.append(decoded.set_column(decoded.schema.get_field_index("_shard_rows"), "_shard_rows",
+                                      pa.array([rows.num_rows] * rows.num_rows, pa.int32())))
+    return pa.concat_tables(out) if out else DECODED_SCHEMA.empty_table()
+
+
+def read_decode(batch: pa.Table, *, seg_config, bytes_column: str, max_pixels: int, threads: int = 1,
+                s3_endpoint: Optional[str] = None) -> pa.Table:
+    """Index rows (``jobs.inputs.INDEX_SCHEMA`` + ``_shard``) → decoded, resized images (``DECODED_SCHEMA``;
+    ``_shard_rows`` left null). Objects are fetched ``threads`` at a time."""
     from jobs.containers import fetch_bytes
 
     storage.apply_endpoint(s3_endpoint)
     rows = batch.to_pylist()
     t0 = time.perf_counter()
     todo = [r for r in rows if not r["pre_status"]]
-    fetched = dict(zip((r["image_id"] for r in todo), fetch_bytes(todo, bytes_column)))
+    fetched = dict(zip((r["image_id"] for r in todo), fetch_bytes(todo, bytes_column, threads)))
     t_read = (time.perf_counter() - t0) / max(len(rows), 1)
     out = []
     for r in rows:
@@ -44,6 +76,24 @@ def read_decode(batch: pa.Table, *, seg_config, bytes_column: str, max_pixels: i
                    _t_decode=time.perf_counter() - t1)
         out.append(rec)
     return pa.Table.from_pylist(out, schema=DECODED_SCHEMA)
+
+
+def write_parts(batch: pa.Table, *, run: str, metadata: Dict[str, str]) -> pa.Table:
+    """Label rows of whole shards → one part per shard, written here (no-clobber: a retried task, or a shard an
+    earlier attempt committed, keeps the existing part). Returns ``WRITE_RESULT_SCHEMA`` rows."""
+    results = []
+    for shard in sorted(set(batch.column("_shard").to_pylist())):
+        rows = batch.filter(pc.equal(batch.column("_shard"), shard))
+        expected = rows.column("_shard_rows")[0].as_py()
+        if rows.num_rows != expected or len(set(rows.column("image_id").to_pylist())) != rows.num_rows:
+            raise RuntimeError(f"shard {shard}: {rows.num_rows} rows in this block for {expected} planned images")
+        stages = {c[3:]: float(pc.sum(rows.column(c)).as_py() or 0.0) for c in TIMING_COLUMNS}
+        stats = commit.part_stats(rows, stages)
+        meta = {**metadata, layout.META_SHARD: str(shard), layout.META_PART_STATS: json.dumps(stats)}
+        written = commit.write_part(run, shard, commit.part_table([rows], meta))
+        results.append(dict(shard=shard, name=layout.part_name(shard), rows=rows.num_rows, written=written,
+                            stats=json.dumps(stats)))
+    return pa.Table.from_pylist(results, schema=WRITE_RESULT_SCHEMA)
 
 
 def _decode_one(r: Dict, fetched, seg_config, max_pixels: int) -> Dict:
@@ -75,7 +125,8 @@ class SegmentStage:
     object store), then turns decoded batches into label rows (``schemas.LABEL_SCHEMA`` + private columns)."""
 
     def __init__(self, seg_config, model_config, vocabulary, text_embeddings, provenance: Dict[str, str], run_id: str,
-                 exclude_ids: Sequence[int], torch_threads: int, s3_endpoint: Optional[str] = None):
+                 exclude_ids: Sequence[int], torch_threads: int, images_per_call: int,
+                 s3_endpoint: Optional[str] = None):
         import ray
         import torch
 
@@ -95,8 +146,15 @@ class SegmentStage:
         self.run_id = run_id
         self.exclude = set(exclude_ids)
         self.patch = tuple(self.seg.vision.patch_size)
+        self.images_per_call = int(images_per_call)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def __call__(self, block: pa.Table) -> pa.Table:
+        """A block of decoded images (whole shards) → their label rows, ``images_per_call`` at a time."""
+        n, k = block.num_rows, self.images_per_call
+        return pa.concat_tables([self._label(block.slice(i, k)) for i in range(0, n, k)]) if n else \
+            self._label(block)
+
+    def _label(self, batch: pa.Table) -> pa.Table:
         recs = batch.to_pylist()
         t0 = time.perf_counter()
         results = self._segment(recs)
@@ -108,7 +166,8 @@ class SegmentStage:
             rows.append(self._row(rec, res, now))
             t_enc.append(time.perf_counter() - t1)
         table = rows_to_table(rows)
-        extra = {"_shard": batch.column("_shard"), "_t_read": batch.column("_t_read"),
+        extra = {"_shard": batch.column("_shard"), "_shard_rows": batch.column("_shard_rows"),
+                 "_t_read": batch.column("_t_read"),
                  "_t_decode": batch.column("_t_decode"), "_t_segment": pa.array([t_seg] * len(rows), pa.float64()),
                  "_t_encode": pa.array(t_enc, pa.float64())}
         for name, col in extra.items():

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import re
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import fsspec
@@ -24,13 +23,11 @@ import pyarrow.dataset as ds
 
 from pipeline import uri as uris
 from pipeline.rle import decode_rle
-from schemas import LABEL_SCHEMA
+from schemas import LABEL_SCHEMA, layout
 
-SUCCESS_FILE = "_SUCCESS.json"
-PLAN_FILE, PLAN_KEY = "_plan.parquet", b"reslabel.plan"  # the job's run registration (jobs/commit.py)
+SUCCESS_FILE = layout.SUCCESS
 UNLABELED = 255  # label-map value of pixels that no segment covers
-_PART_RE = re.compile(r"part-.*\.parquet")
-CATEGORY_KEYS = ("reslabel.categories", "reslabel.class_names", "categories")  # JSON list of class names
+CATEGORY_KEYS = (layout.META_CATEGORIES, "reslabel.class_names", "categories")  # JSON list of class names
 
 
 class RunNotCommitted(RuntimeError):
@@ -72,15 +69,22 @@ class Run:
     def excluded_category_ids(self) -> List[int]:
         """Class ids the job left out of the segments (e.g. background): their pixels read back as 255.
 
-        From ``_SUCCESS.json``, else the run's ``_plan.parquet`` metadata (``reslabel.plan``); [] if unknown.
+        From ``_SUCCESS.json``, else the parts' metadata, else the run's registration (``_plan.json``, or a
+        layout-1 ``_plan.parquet``); [] if unknown.
         """
         if self.manifest and "excluded_category_ids" in self.manifest:
             return [int(i) for i in self.manifest["excluded_category_ids"]]
-        plan = f"{self.path}/{PLAN_FILE}"
-        if self.fs.exists(plan):
-            meta = ds.dataset(plan, format="parquet", filesystem=self.fs).schema.metadata or {}
-            if PLAN_KEY in meta:
-                return [int(i) for i in json.loads(meta[PLAN_KEY]).get("excluded_category_ids", [])]
+        if layout.META_EXCLUDED in self.metadata:
+            return [int(i) for i in json.loads(self.metadata[layout.META_EXCLUDED])]
+        registration = f"{self.path}/{layout.PLAN_MANIFEST}"
+        if self.fs.exists(registration):
+            with self.fs.open(registration, "rb") as f:
+                return [int(i) for i in json.loads(f.read().decode("utf-8")).get("excluded_category_ids", [])]
+        legacy = f"{self.path}/{layout.LEGACY_PLAN}"
+        if self.fs.exists(legacy):
+            meta = ds.dataset(legacy, format="parquet", filesystem=self.fs).schema.metadata or {}
+            if layout.LEGACY_PLAN_KEY in meta:
+                return [int(i) for i in json.loads(meta[layout.LEGACY_PLAN_KEY]).get("excluded_category_ids", [])]
         return []
 
     def dataset(self) -> ds.Dataset:
@@ -166,7 +170,7 @@ def _part_files(fs: fsspec.AbstractFileSystem, path: str) -> List[str]:
         names = fs.ls(path, detail=False)
     except FileNotFoundError:
         return []
-    return sorted(p for p in names if _PART_RE.fullmatch(p.rstrip("/").rsplit("/", 1)[-1]))
+    return sorted(p for p in names if layout.shard_of(p) is not None)
 
 
 def decode_segment(segment: Dict[str, Any]) -> np.ndarray:

@@ -181,6 +181,44 @@ def info(uri: str) -> Optional[Dict[str, Any]]:
             "tag": str(found.get("ETag", found.get("mtime", "")))}
 
 
+def iter_files(uri: str) -> Iterator[Tuple[str, Optional[str]]]:
+    """Every file under the directory or prefix ``uri`` (recursive), streamed as the store lists them (not
+    sorted; memory stays flat for any count): ``(uri, None)`` for a regular file or an object, ``(uri, what)``
+    for a local entry that is not a regular file ("FIFO", "socket", ..., or "directory" for a symlink to one;
+    symlinked directories are not descended into). Local: ``os.scandir``; S3: ``list_objects_v2`` pages."""
+    fs, path = filesystem(uri)
+    if isinstance(fs, LocalFileSystem):
+        yield from _iter_local(path)
+    elif _is_s3(fs):
+        bucket, key = _bucket_key(path.rstrip("/"))
+        prefix = f"{key}/" if key else ""
+        kwargs: Dict[str, Any] = {}
+        while True:
+            page = fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, **kwargs)
+            for obj in page.get("Contents", []):
+                if not obj["Key"].endswith("/"):
+                    yield f"s3://{bucket}/{obj['Key']}", None
+            if not page.get("IsTruncated"):
+                return
+            kwargs = {"ContinuationToken": page["NextContinuationToken"]}
+    else:
+        for p in fs.find(path):
+            yield fs.unstrip_protocol(p), None
+
+
+def _iter_local(root: str) -> Iterator[Tuple[str, Optional[str]]]:
+    stack = [root]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
+                elif e.is_file(follow_symlinks=True):
+                    yield e.path, None
+                else:  # a FIFO, socket, device, a symlink to a directory; a dangling symlink reads as missing
+                    yield e.path, non_regular_kind(e.path)
+
+
 def open_read(uri: str) -> BinaryIO:
     """A seekable binary file for reading ``uri`` (close it, or use it as a context manager)."""
     fs, path = filesystem(uri)

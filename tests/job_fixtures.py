@@ -143,7 +143,7 @@ def expected_status_by_name() -> Dict[str, str]:
 def model_args(tiny_arch, tiny_weights, tiny_vocab_file, tiny_templates_file) -> List[str]:
     return ["--preset", "voc21", "--model", tiny_arch, "--weights", tiny_weights, "--vocabulary", tiny_vocab_file,
             "--templates", tiny_templates_file, "--max-pixels", str(MAX_PIXELS), "--shard-size", "4",
-            "--batch-size", "4", "--read-batch-size", "4"]
+            "--batch-size", "4", "--read-threads", "4"]
 
 
 def run_cli(args: List[str]) -> dict:
@@ -158,11 +158,12 @@ def run_cli(args: List[str]) -> dict:
 def committed_rows(output: str) -> List[dict]:
     """All rows of all committed runs under ``output`` (via the run's ``_SUCCESS.json`` file list)."""
     from jobs import commit, storage
+    from schemas import layout
 
     rows = []
     for run in commit.list_runs(output):
         if run["committed"]:
-            for f in storage.read_json(storage.join(run["uri"], commit.SUCCESS))["files"]:
+            for f in storage.read_json(storage.join(run["uri"], layout.SUCCESS))["files"]:
                 rows += _read_parquet(storage.join(run["uri"], f["name"])).to_pylist()
     return rows
 

@@ -1,15 +1,20 @@
-"""Commit rules without Ray: no-clobber writes, deterministic shards, incremental exclusion, run choice."""
+"""Commit rules without Ray: no-clobber writes, registration (and layout-1 runs), run choice, the part files a new
+run must not label again, error grouping and the success record."""
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from jobs import commit, storage
-from jobs.config import RETRY_POLICIES, LabelJobConfig
+from jobs.config import LabelJobConfig
 from jobs.inputs import INDEX_SCHEMA, entry
 from jobs.runner import JobError, _choose_run
+from schemas import layout
 
 
 def _index(ids):
@@ -24,29 +29,41 @@ def test_write_new_never_replaces(tmp_path):
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["part-00000.parquet"]  # no temp left
 
 
-def test_shards_are_deterministic():
-    a = commit.assign_shards(_index(["c", "a", "e", "b", "d"]), 2)
-    b = commit.assign_shards(_index(["e", "d", "c", "b", "a"]), 2)
-    assert a.equals(b)
-    assert a.column("image_id").to_pylist() == ["a", "b", "c", "d", "e"]
-    assert a.column("_shard").to_pylist() == [0, 0, 1, 1, 2]
-
-
-@pytest.mark.parametrize("policy,left", [("transient", {"new", "flaky"}), ("all", {"new", "flaky", "bad"}),
-                                         ("none", {"new"})])
-def test_incremental_exclusion(policy, left):
-    seen = {"done": {"ok"}, "flaky": {"read_error"}, "bad": {"decode_error"}, "fixed": {"read_error", "ok"}}
-    out = commit.exclude_done(_index(["done", "flaky", "bad", "fixed", "new"]), seen, RETRY_POLICIES[policy])
-    assert set(out.column("image_id").to_pylist()) == left
-
-
-def _register(output, run_id, config_hash, committed):
+def _register(output, run_id, config_hash, committed, parts=()):
     run = commit.run_uri(output, run_id)
-    plan = commit.assign_shards(_index(["a"]), 4)
-    assert commit.write_plan(run, plan, {"config_hash": config_hash})
-    assert not commit.write_plan(run, plan, {"config_hash": "other"})  # a registration is never replaced
+    manifest = {"config_hash": config_hash, "plan_files": [], "shard_size": 4}
+    assert commit.write_manifest(run, manifest)
+    assert not commit.write_manifest(run, {**manifest, "config_hash": "other"})  # never replaced
+    for name in parts:
+        storage.write_new(storage.join(run, name), b"x")
     if committed:
-        storage.write_json_new(storage.join(run, commit.SUCCESS), {"files": []})
+        files = [{"name": n, "rows": 1} for n in parts]
+        storage.write_json_new(storage.join(run, layout.SUCCESS), {"files": files})
+    return run
+
+
+def _legacy_run(output, run_id, config_hash, ids, shard_size=2):
+    """A run registered by layout 1: ``_plan.parquet`` = index rows sorted by id + ``_shard``, meta in its footer."""
+    run = commit.run_uri(output, run_id)
+    plan = _index(sorted(ids))
+    plan = plan.append_column("_shard", pa.array([i // shard_size for i in range(len(ids))], pa.int32()))
+    meta = {"run_id": run_id, "config_hash": config_hash, "config": {"job": {"shard_size": shard_size}},
+            "excluded_category_ids": [0]}
+    buf = io.BytesIO()
+    pq.write_table(plan.replace_schema_metadata({layout.LEGACY_PLAN_KEY: json.dumps(meta).encode()}), buf)
+    storage.write_new(storage.join(run, layout.LEGACY_PLAN), buf.getvalue())
+    return run
+
+
+def test_registration_and_layout_1_runs(tmp_path):
+    out = str(tmp_path)
+    run = _register(out, "new", "h1", committed=False)
+    assert commit.read_manifest(run)["config_hash"] == "h1"
+    legacy = _legacy_run(out, "old", "h1", ["c", "a", "b"])
+    m = commit.read_manifest(legacy)
+    assert (m["layout"], m["shard_size"], m["plan_files"]) == (1, 2, [{"name": "_plan.parquet", "rows": 3}])
+    assert commit.read_manifest(commit.run_uri(out, "absent")) is None
+    assert {r["run_id"]: r["config_hash"] for r in commit.list_runs(out)} == {"new": "h1", "old": "h1"}
 
 
 def test_run_choice_resumes_or_refuses(tmp_path):
@@ -62,3 +79,38 @@ def test_run_choice_resumes_or_refuses(tmp_path):
         _choose_run(dataclasses.replace(cfg, run_id="new"), out, "h1")
     assert {r["run_id"]: r["committed"] for r in commit.list_runs(out)} == {
         "old": True, "crashed": False, "other-config": False}
+
+
+def test_committed_parts_of_a_config(tmp_path):
+    out = str(tmp_path)
+    a = _register(out, "a", "h1", committed=True, parts=[layout.part_name(0), layout.part_name(1)])
+    _register(out, "b", "h1", committed=False, parts=[layout.part_name(0)])  # not committed: not counted
+    _register(out, "c", "h2", committed=True, parts=[layout.part_name(0)])  # another config
+    assert commit.committed_part_uris(out, "h1") == [storage.join(a, layout.part_name(0)),
+                                                     storage.join(a, layout.part_name(1))]
+    assert commit.committed_shards(a) == {0, 1}
+
+
+def test_error_groups_collapse_per_image_details():
+    t = pa.table({"status": ["decode_error", "decode_error", "ok", "read_error"],
+                  "error": ["image file is truncated (4 bytes not processed)",
+                            "image file is truncated (12 bytes not processed)", None,
+                            "FileNotFoundError: /data/x/b.jpg"],
+                  "source_uri": ["/data/x/a.jpg", "/data/x/c.jpg", "/data/x/d.jpg", "/data/x/b.jpg"]})
+    assert commit.error_groups(t) == [
+        ["decode_error", "image file is truncated (N bytes not processed)", 2, "/data/x/a.jpg"],
+        ["read_error", "FileNotFoundError: <input>", 1, "/data/x/b.jpg"]]
+
+
+def test_success_record_sums_the_parts():
+    manifest = {"config_hash": "h", "categories": [], "excluded_category_ids": [0], "provenance": {}, "config": {},
+                "created_at": "t"}
+    parts = [dict(shard=1, name=layout.part_name(1), rows=2, by_status={"ok": 1, "empty": 1},
+                  stage_seconds={"read": 1.0}, errors=[["empty", "zero bytes", 1, "/e.png"]]),
+             dict(shard=0, name=layout.part_name(0), rows=3, by_status={"ok": 2, "empty": 1},
+                  stage_seconds={"read": 0.5}, errors=[["empty", "zero bytes", 1, "/f.png"]])]
+    r = commit.success_record("run", "/out/runs/run", manifest, parts, {})
+    assert [f["name"] for f in r["files"]] == ["part-00000.parquet", "part-00001.parquet"]
+    assert (r["rows"], r["by_status"], r["stage_seconds_summed"]) == (5, {"ok": 3, "empty": 2}, {"read": 1.5})
+    assert r["top_errors"] == [{"status": "empty", "message": "zero bytes", "count": 2, "example": "/e.png"}]
+    assert r["layout"] == layout.LAYOUT_VERSION and r["excluded_category_ids"] == [0]

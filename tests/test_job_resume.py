@@ -36,7 +36,7 @@ def test_kill_driver_then_resume(ray_local, model_args, tmp_path):
     args = ["--input", str(src), "--output", str(out), "--run-id", "crashy", *model_args]
     args[args.index("--shard-size") + 1] = "2"
     args[args.index("--batch-size") + 1] = "2"
-    args[args.index("--read-batch-size") + 1] = "2"
+    args[args.index("--read-threads") + 1] = "2"
     env = {**os.environ, "RAY_ADDRESS": ""}
     env.pop("RAY_ADDRESS")
     proc = subprocess.Popen([sys.executable, "-m", "jobs.label", *args], cwd=os.getcwd(), env=env,

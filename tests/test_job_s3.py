@@ -40,7 +40,8 @@ def test_s3_in_and_out(ray_local, moto_endpoint, image_dir, model_args, tiny_wei
 
     keys = [o["Key"] for o in c.list_objects_v2(Bucket=bucket, Prefix="labels/")["Contents"]]
     run = f"labels/runs/{summary['run_id']}/"
-    assert f"{run}_SUCCESS.json" in keys and f"{run}_plan.parquet" in keys
+    assert f"{run}_SUCCESS.json" in keys and f"{run}_plan.json" in keys
+    assert any(k.startswith(f"{run}_plan/") and k.endswith(".parquet") for k in keys)  # the plan files
     assert any(k.startswith("labels/_text_cache/") for k in keys)
     assert not any("_write_probe" in k or ".tmp" in k for k in keys)
     blobs = b"".join(c.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys)

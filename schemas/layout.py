@@ -1,0 +1,56 @@
+"""The on-disk contract of a labeling run, declared once: ``jobs/`` writes it, ``pipeline/reader.py`` and every
+other reader read it.
+
+    OUTPUT/_text_cache/<key>.safetensors        text embeddings (content-keyed)
+    OUTPUT/runs/<run_id>/_plan/<attempt>/plan-<bucket>.parquet
+                                                the run's inputs (``jobs.inputs.INDEX_SCHEMA``), sorted by
+                                                (bucket, image_id); shard k = global plan rows
+                                                [k * shard_size, (k + 1) * shard_size)
+    OUTPUT/runs/<run_id>/_plan.json             the registration, written once (no-clobber) after the plan files:
+                                                config, provenance, categories, plan files with their row counts
+    OUTPUT/runs/<run_id>/part-<shard>.parquet   one per shard, ``LABEL_SCHEMA`` rows, written once by a worker
+    OUTPUT/runs/<run_id>/_SUCCESS.json          written last: files, row counts, status counts, top errors
+
+Layout 1 (before this file existed) registered a run with ``_plan.parquet`` (plan rows + meta in its Parquet
+metadata under ``reslabel.plan``); its committed runs read exactly as before (parts and ``_SUCCESS.json`` did
+not change), and an unfinished layout-1 run is refused with a message saying how to go on.
+"""
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+LAYOUT_VERSION = 2
+RUNS = "runs"
+TEXT_CACHE = "_text_cache"
+PLAN_DIR = "_plan"
+PLAN_MANIFEST = "_plan.json"
+LEGACY_PLAN = "_plan.parquet"  # layout 1: the plan table, its meta in the Parquet metadata under LEGACY_PLAN_KEY
+LEGACY_PLAN_KEY = b"reslabel.plan"
+SUCCESS = "_SUCCESS.json"
+_PART = re.compile(r"part-(\d{5,})\.parquet")
+
+# Parquet key-value metadata of every part (strings; JSON where structured)
+META_SCHEMA_VERSION = "reslabel.schema_version"
+META_RUN_ID = "reslabel.run_id"
+META_SHARD = "reslabel.shard"
+META_CATEGORIES = "reslabel.categories"  # [{"id", "name"}]
+META_CONFIG = "reslabel.config"  # {"job", "segmenter", "model"}
+META_PROVENANCE = "reslabel.provenance"
+META_EXCLUDED = "reslabel.excluded_category_ids"
+META_PART_STATS = "reslabel.part_stats"  # {"by_status", "stage_seconds", "errors"}
+
+
+def part_name(shard: int) -> str:
+    """File name of shard ``shard``'s part."""
+    return f"part-{shard:05d}.parquet"
+
+
+def shard_of(name: str) -> Optional[int]:
+    """The shard number of a part file name (a path or URI is fine), or None for any other file."""
+    m = _PART.fullmatch(name.rstrip("/").rsplit("/", 1)[-1])
+    return int(m.group(1)) if m else None
+
+
+def plan_file_name(bucket: int) -> str:
+    return f"plan-{bucket:05d}.parquet"
