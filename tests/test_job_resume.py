@@ -67,3 +67,50 @@ def test_kill_driver_then_resume(ray_local, model_args, tmp_path):
     assert all(r["status"] == "ok" for r in rows)
     assert not list(run.glob("*.tmp-*"))
     assert run_cli(args)["run_id"] == "crashy"  # a committed run id is a no-op
+
+
+def test_an_unfinished_layout_1_run_resumes(ray_local, model_args, tmp_path):
+    """A run registered by the previous layout (``_plan.parquet``: the sorted index + ``_shard``, its meta in the
+    footer) and left unfinished is resumed by this version: only its missing shards are labeled."""
+    import io
+    import json
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs import commit
+    from jobs.planner import PlanLocator
+    from pipeline.reader import open_run
+    from schemas import layout
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(8):
+        Image.fromarray(np.full((40, 56, 3), 30 * i, np.uint8)).save(src / f"img{i}.png")
+    out = tmp_path / "out"
+    args = ["--input", str(src), "--output", str(out), "--run-id", "legacy", *model_args]
+    args[args.index("--shard-size") + 1] = "2"
+    run_cli(args)
+    run = out / "runs" / "legacy"
+    manifest = commit.read_manifest(str(run))
+    plan = PlanLocator.of(str(run), manifest["plan_files"], 2)
+    table = pa.concat_tables([plan.read(k) for k in range(plan.shards)])
+    table = table.append_column("_shard", pa.array([i // 2 for i in range(table.num_rows)], pa.int32()))
+    meta = {k: v for k, v in manifest.items() if k not in ("plan_files", "layout", "shard_size", "input_kind")}
+    buf = io.BytesIO()
+    pq.write_table(table.replace_schema_metadata({layout.LEGACY_PLAN_KEY: json.dumps(meta).encode()}), buf)
+    (run / layout.LEGACY_PLAN).write_bytes(buf.getvalue())  # the run as layout 1 wrote it ...
+    (run / layout.PLAN_MANIFEST).unlink()
+    shutil.rmtree(run / layout.PLAN_DIR)
+    (run / layout.SUCCESS).unlink()  # ... unfinished: two of its four parts missing
+    kept = {p.name: p.read_bytes() for p in sorted(run.glob("part-*.parquet"))[:2]}
+    for p in sorted(run.glob("part-*.parquet"))[2:]:
+        p.unlink()
+
+    summary = run_cli(args)
+    assert summary["attempt"]["shards_resumed"] == 2 and summary["attempt"]["images_labeled"] == 4
+    assert {n: (run / n).read_bytes() for n in kept} == kept
+    rows = committed_rows(str(out))
+    assert collections.Counter(r["source_uri"] for r in rows) == collections.Counter(str(p) for p in src.iterdir())
+    assert open_run(str(run)).excluded_category_ids == manifest["excluded_category_ids"]
