@@ -48,10 +48,11 @@ class StandInStage(SegmentStage):
     """Benchmark stand-in for the segment actor: same inputs and outputs, no model (every decoded image becomes
     an ``ok`` row with no segments; failures keep their status). Times the machinery around the model."""
 
-    def __init__(self, *, provenance, run_id, images_per_call, **_ignored):
+    def __init__(self, *, provenance, run_id, images_per_call, run, part_metadata, **_ignored):
         self.provenance = {k: provenance[k] for k in ("method", "base", "preset", "model", "weights_digest",
                                                        "vocabulary_hash", "config_hash", "code_version")}
         self.run_id, self.images_per_call, self.exclude = run_id, int(images_per_call), set()
+        self.run, self.part_metadata = run, dict(part_metadata)
 
     def _segment(self, recs: List[Dict]) -> List:
         return [None] * len(recs)
@@ -140,9 +141,10 @@ def child_plan(args) -> Dict:
     parts = json.loads(pathlib.Path(args.done).read_text()) if args.done else []
     t0 = time.perf_counter()
     planner = Planner(InputOptions(), RETRY_POLICIES["transient"], None)
-    indexed = planner.index(args.input, args.format)
+    indexed = planner.index(args.input, args.format, args.run + "-staging")
     t_index = time.perf_counter() - t0
     planned = planner.write_plan(indexed, args.run, "bench", 256, parts)
+    planner.discard(args.run + "-staging")
     return dict(seconds=round(time.perf_counter() - t0, 2), index_seconds=round(t_index, 2),
                 planned=planned.rows, candidates=planned.candidates, excluded=planned.excluded,
                 buckets=indexed.buckets, units=len(indexed.units),

@@ -19,7 +19,6 @@ import re
 from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs import storage

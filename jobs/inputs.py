@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import pyarrow as pa
@@ -171,18 +170,19 @@ def image_rows(chunk: List[Tuple[str, Optional[str]]]) -> List[Dict]:
     return [_image_entry(u, not_regular) for u, not_regular in chunk]
 
 
-def index_unit(kind: str, unit, options: InputOptions) -> pa.Table:
-    """The index rows (``INDEX_SCHEMA``) of one unit of work: a chunk of listed images, or one container file."""
+def index_unit(kind: str, unit: List, options: InputOptions) -> pa.Table:
+    """The index rows (``INDEX_SCHEMA``) of one unit of work: a chunk of listed images (``(uri, not_regular)``
+    pairs), or a list of container files."""
     from jobs import containers
 
     if kind == "images":
         rows = image_rows(unit)
     elif kind == "parquet":
-        rows = containers.index_parquet([unit], options)
+        rows = containers.index_parquet(unit, options)
     elif kind == "webdataset":
-        rows = containers.index_webdataset([unit])
+        rows = containers.index_webdataset(unit)
     elif kind == "manifest":
-        rows = containers.index_manifest([unit], options)
+        rows = containers.index_manifest(unit, options)
     else:
         raise InputError(f"--input-format {kind!r}; valid: {', '.join(INPUT_FORMATS)}")
     return pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
@@ -218,7 +218,7 @@ def build_index(uri: str, fmt: str, options: InputOptions = InputOptions()) -> p
     """
     chunks: List[List[Tuple[str, Optional[str]]]] = []
     kind, files = scan_input(uri, fmt, chunks.append)
-    units = chunks if kind == "images" else files
+    units = chunks if kind == "images" else [[f] for f in files]
     tables = [index_unit(kind, u, options) for u in units]
     table = pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table()
     if table.num_rows == 0:

@@ -1,23 +1,28 @@
 """Planning a run without the index in the driver: the inputs → the run's plan files, distributed over Ray.
 
-    listing (driver, streamed) ─► index tasks, one per chunk of listed images or per container file: index rows
-                                  (``jobs.inputs.INDEX_SCHEMA``) hash-partitioned by image_id into P buckets,
-                                  kept in the object store
+    listing (driver, streamed) ─► index tasks, one per chunk of listed images or per group of container files (at
+                                  most MAX_UNITS groups): index rows (``jobs.inputs.INDEX_SCHEMA``) hash-partitioned
+                                  by image_id into P buckets,
+                                  written as ``OUTPUT/_planning/<attempt>/unit-<n>.parquet``, one row group per bucket
     committed parts of this config ─► done tasks, one per group of part files: the ids whose rows are final
-                                  (ok, or a failure the retry policy does not retry), the same P buckets
-    reduce tasks, one per bucket: same URI listed twice kept once, duplicate-id check, anti-join with the
-                                  done ids, sort by image_id, write ``plan-<bucket>.parquet``; return its row count
+                                  (ok, or a failure the retry policy does not retry), the same P buckets, written
+                                  as ``done-<n>.parquet``
+    reduce tasks, one per bucket: reads its row group of every unit and done file; same URI listed twice kept once,
+                                  duplicate-id check, anti-join with the done ids, sort by image_id, writes the
+                                  run's ``_plan/<attempt>/plan-<bucket>.parquet``; returns its row count
     driver: the plan is the bucket files in order; shard k is global plan rows [k * shard_size, (k+1) * shard_size)
 
-The driver holds object references and per-file counts: memory O(input files + buckets), never O(images). An
-image prefix is listed once, page by page (``pipeline.uri.iter_files``); ``--input-format auto`` decides the
-kind from that same listing.
+Tasks exchange files, not objects: Ray would inline small task results into their owner, the driver. What the
+driver holds is a few integers per (unit, bucket): memory O(input files + buckets), never O(images). An image
+prefix is listed once, page by page (``pipeline.uri.iter_files``); ``--input-format auto`` decides the kind from
+that same listing. The staging files are deleted once the plan is written.
 """
 from __future__ import annotations
 
 import dataclasses
 import io
 import logging
+import os
 import zlib
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -34,6 +39,7 @@ from schemas import layout
 log = logging.getLogger("reslabel.plan")
 CHUNK_ROWS = 100_000  # listed images per index task
 MAX_BUCKETS = 64  # reduce tasks (and plan files) of a large input
+MAX_UNITS = 128  # container files are grouped into at most this many index tasks
 DONE_GROUP = 64  # committed part files per done task
 DONE_SCHEMA = pa.schema([pa.field("image_id", pa.string(), nullable=False)])
 
@@ -60,71 +66,81 @@ def buckets_of(ids: pa.Array, buckets: int) -> np.ndarray:
                        count=len(ids))
 
 
-def split_by_bucket(table: pa.Table, buckets: int) -> List[pa.Table]:
-    """``table`` (with an ``image_id`` column) as ``buckets`` tables, row order kept within each."""
+def write_buckets(table: pa.Table, buckets: int, uri: str) -> Dict:
+    """Write ``table`` (with an ``image_id`` column) to ``uri`` with one row group per non-empty bucket, in bucket
+    order. Returns ``{"uri", "rows", "groups": {bucket: row group}}`` (no file when ``table`` is empty)."""
     which = buckets_of(table.column("image_id"), buckets)
-    return [table.filter(pa.array(which == b)) for b in range(buckets)]
+    groups: Dict[int, int] = {}
+    if table.num_rows:
+        buf = io.BytesIO()
+        with pq.ParquetWriter(buf, table.schema, compression="zstd") as writer:
+            for b in range(buckets):
+                part = table.filter(pa.array(which == b))
+                if part.num_rows:
+                    writer.write_table(part, row_group_size=max(part.num_rows, 1))
+                    groups[b] = len(groups)
+        uris.write_bytes(uri, buf.getvalue())
+    return dict(uri=uri, rows=table.num_rows, groups=groups)
 
 
-def _returns(value: Sequence):
-    """A task's results as Ray returns them: the value itself when there is one, else a tuple."""
-    return value[0] if len(value) == 1 else tuple(value)
+def read_bucket(sources: Sequence[Tuple[str, int]], schema: pa.Schema) -> pa.Table:
+    """Concatenate row group ``g`` of each ``(uri, g)``."""
+    tables = []
+    for uri, group in sources:
+        with storage.open_read(uri) as f:
+            tables.append(pq.ParquetFile(f).read_row_group(group).cast(schema))
+    return pa.concat_tables(tables) if tables else schema.empty_table()
 
 
-def index_task(kind: str, unit, options: InputOptions, buckets: int, s3_endpoint: Optional[str]):
-    """Ray task: the index rows of one unit in ``buckets`` tables, then their row count (``buckets + 1`` returns)."""
+def index_task(kind: str, unit, options: InputOptions, buckets: int, uri: str, s3_endpoint: Optional[str]) -> Dict:
+    """Ray task: the index rows of one unit, written by bucket to ``uri`` (see ``write_buckets``)."""
     storage.apply_endpoint(s3_endpoint)
-    table = index_unit(kind, unit, options)
-    return _returns([*split_by_bucket(table, buckets), table.num_rows])
+    return write_buckets(index_unit(kind, unit, options), buckets, uri)
 
 
-def done_task(parts: Sequence[str], retry: Sequence[str], buckets: int, s3_endpoint: Optional[str]):
-    """Ray task: ids of the rows in committed ``parts`` whose status is final under ``retry``, in ``buckets``."""
+def done_task(parts: Sequence[str], retry: Sequence[str], buckets: int, uri: str, s3_endpoint: Optional[str]) -> Dict:
+    """Ray task: ids of the rows in committed ``parts`` whose status is final under ``retry``, by bucket to ``uri``."""
     storage.apply_endpoint(s3_endpoint)
     tables = []
-    for uri in parts:
-        with storage.open_read(uri) as f:
+    for part in parts:
+        with storage.open_read(part) as f:
             t = pq.read_table(f, columns=["image_id", "status"])
         final = pc.invert(pc.is_in(t.column("status"), value_set=pa.array(list(retry), pa.string())))
         tables.append(t.filter(final).select(["image_id"]).cast(DONE_SCHEMA))
-    done = pa.concat_tables(tables) if tables else DONE_SCHEMA.empty_table()
-    return _returns(split_by_bucket(done, buckets))
+    return write_buckets(pa.concat_tables(tables) if tables else DONE_SCHEMA.empty_table(), buckets, uri)
 
 
-def reduce_task(bucket: int, plan_dir: str, name: str, shard_size: int, what: str, s3_endpoint: Optional[str],
-                n_candidates: int, *tables: pa.Table) -> Dict:
-    """Ray task: one bucket's candidates (the first ``n_candidates`` tables) minus the done ids (the rest),
-    distinct, checked for duplicate ids, sorted by image_id, written to ``plan_dir/name`` if any remain."""
+def reduce_task(bucket: int, candidates: Sequence[Tuple[str, int]], done: Sequence[Tuple[str, int]], plan_uri: str,
+                shard_size: int, what: str, s3_endpoint: Optional[str]) -> Dict:
+    """Ray task: one bucket's candidates minus the done ids, distinct, checked for duplicate ids, sorted by
+    image_id, written to ``plan_uri`` if any remain. Returns ``{"bucket", "rows", "candidates"}``."""
     storage.apply_endpoint(s3_endpoint)
-    cand = pa.concat_tables([t.cast(INDEX_SCHEMA) for t in tables[:n_candidates]]) if n_candidates else \
-        INDEX_SCHEMA.empty_table()
-    cand = distinct_inputs(cand, what)
+    cand = distinct_inputs(read_bucket(candidates, INDEX_SCHEMA), what)
     found = cand.num_rows
-    done = [t for t in tables[n_candidates:] if t.num_rows]
     if done and found:
-        seen = pa.concat_tables(done).column("image_id").combine_chunks()
+        seen = read_bucket(done, DONE_SCHEMA).column("image_id").combine_chunks()
         cand = cand.filter(pc.invert(pc.is_in(cand.column("image_id"), value_set=seen)))
     if cand.num_rows:
         buf = io.BytesIO()
         pq.write_table(cand, buf, compression="zstd", row_group_size=shard_size)
-        uris.write_bytes(storage.join(plan_dir, name), buf.getvalue())
+        uris.write_bytes(plan_uri, buf.getvalue())
     return dict(bucket=bucket, rows=cand.num_rows, candidates=found)
 
 
 @dataclasses.dataclass
 class Indexed:
-    """The index of one input, in the object store: per unit, ``buckets`` table refs and a row-count ref."""
+    """The index of one input, staged in files: per unit, its file and the row group of each bucket."""
 
     uri: str
     kind: str
     buckets: int
-    units: List[List]  # per unit: [bucket 0 ref, ..., bucket P-1 ref, count ref]
+    staging: str  # OUTPUT/_planning/<attempt>
+    units: List[Dict]  # write_buckets results
 
+    @property
     def rows(self) -> int:
-        """Index rows found (before repeated URIs are collapsed); waits for the index tasks."""
-        import ray
-
-        return int(sum(ray.get([u[-1] for u in self.units])))
+        """Index rows found (before repeated URIs are collapsed)."""
+        return sum(u["rows"] for u in self.units)
 
 
 class Planner:
@@ -133,39 +149,45 @@ class Planner:
     def __init__(self, options: InputOptions, retry: Sequence[str], s3_endpoint: Optional[str]):
         self.options, self.retry, self.s3_endpoint = options, tuple(retry), s3_endpoint
 
-    def index(self, uri: str, fmt: str) -> Indexed:
-        """List ``uri`` once and start one index task per image chunk or container file (see ``scan_input``).
-        Raises ``InputError`` when the input holds no inputs."""
+    def index(self, uri: str, fmt: str, staging: str) -> Indexed:
+        """List ``uri`` once and run one index task per image chunk or container file (see ``scan_input``),
+        staging their output under ``staging``. Raises ``InputError`` when the input holds no inputs."""
+        import ray
+
         pending: List[List] = []
-        images: List[List] = []
+        refs: List = []
         state = {"buckets": None}
+        task = ray.remote(index_task)
+
+        def submit(kind: str, unit, buckets: int) -> None:
+            name = storage.join(staging, f"unit-{len(refs):06d}.parquet")
+            refs.append(task.remote(kind, unit, self.options, buckets, name, self.s3_endpoint))
 
         def on_images(chunk: List) -> None:  # streamed from the listing; a single chunk means a single bucket
             pending.append(chunk)
             if state["buckets"] is None and len(pending) < 2:
                 return
             state["buckets"] = state["buckets"] or MAX_BUCKETS
-            images.extend(self._index_unit("images", c, state["buckets"]) for c in pending)
+            for c in pending:
+                submit("images", c, state["buckets"])
             pending.clear()
 
         kind, files = scan_input(uri, fmt, on_images, CHUNK_ROWS)
         if kind == "images":
             buckets = state["buckets"] or 1
-            units = images + [self._index_unit("images", c, buckets) for c in pending]
+            for c in pending:
+                submit("images", c, buckets)
         else:  # a prefix that also holds containers is labeled as containers (see scan_input)
-            buckets = 1 if len(files) <= 1 else min(MAX_BUCKETS, len(files))
-            units = [self._index_unit(kind, f, buckets) for f in files]
-        indexed = Indexed(uri, kind, buckets, units)
-        if not units or indexed.rows() == 0:
+            refs.clear()
+            per_unit = -(-len(files) // MAX_UNITS)  # many small files share a task: fewer files for reduce to read
+            units = [files[i:i + per_unit] for i in range(0, len(files), per_unit)]
+            buckets = 1 if len(units) <= 1 else min(MAX_BUCKETS, len(units))
+            for unit in units:
+                submit(kind, unit, buckets)
+        indexed = Indexed(uri, kind, buckets, staging, ray.get(refs))
+        if indexed.rows == 0:
             raise InputError(f"input {uri} ({kind}): no inputs found")
         return indexed
-
-    def _index_unit(self, kind: str, unit, buckets: int) -> List:
-        import ray
-
-        refs = ray.remote(index_task).options(num_returns=buckets + 1).remote(
-            kind, unit, self.options, buckets, self.s3_endpoint)
-        return list(refs)
 
     def write_plan(self, indexed: Indexed, run: str, attempt: str, shard_size: int,
                    done_parts: Sequence[str]) -> PlannedInputs:
@@ -174,15 +196,18 @@ class Planner:
         import ray
 
         buckets = indexed.buckets
-        done = ray.remote(done_task)
-        done_refs = [self._as_list(done.options(num_returns=buckets).remote(
-            list(done_parts[i:i + DONE_GROUP]), self.retry, buckets, self.s3_endpoint))
-            for i in range(0, len(done_parts), DONE_GROUP)]
-        plan_dir = storage.join(run, layout.PLAN_DIR, attempt)
+        task = ray.remote(done_task)
+        done = ray.get([task.remote(list(done_parts[i:i + DONE_GROUP]), self.retry, buckets,
+                                    storage.join(indexed.staging, f"done-{i // DONE_GROUP:06d}.parquet"),
+                                    self.s3_endpoint)
+                        for i in range(0, len(done_parts), DONE_GROUP)])
         reduce = ray.remote(reduce_task)
-        results = ray.get([reduce.remote(b, plan_dir, layout.plan_file_name(b), shard_size, indexed.uri,
-                                         self.s3_endpoint, len(indexed.units), *[u[b] for u in indexed.units],
-                                         *[d[b] for d in done_refs])
+
+        def sources(files: List[Dict], b: int) -> List[Tuple[str, int]]:
+            return [(f["uri"], f["groups"][b]) for f in files if b in f["groups"]]
+        results = ray.get([reduce.remote(b, sources(indexed.units, b), sources(done, b),
+                                         storage.join(run, layout.PLAN_DIR, attempt, layout.plan_file_name(b)),
+                                         shard_size, indexed.uri, self.s3_endpoint)
                            for b in range(buckets)])
         candidates = sum(r["candidates"] for r in results)
         planned = [dict(name=f"{layout.PLAN_DIR}/{attempt}/{layout.plan_file_name(r['bucket'])}", rows=r["rows"])
@@ -193,8 +218,15 @@ class Planner:
         return out
 
     @staticmethod
-    def _as_list(refs) -> List:
-        return refs if isinstance(refs, list) else [refs]
+    def discard(staging: str) -> None:
+        """Delete the staging files (best effort: a leftover is harmless, ``_planning`` holds no run)."""
+        try:
+            for uri in storage.list_dir(staging):
+                uris.remove(uri)
+            if not storage.is_remote(staging) and os.path.isdir(staging):
+                os.rmdir(staging)  # object stores have no empty folders
+        except OSError as e:
+            log.warning("could not delete the planning files under %s: %s", staging, e)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,11 +1,11 @@
-"""Orchestration of one labeling job: validate → list inputs → prepare (text once) → plan → label → commit.
+"""Orchestration of one labeling job: validate → index the inputs (tasks) → prepare (text once) → plan and
+register (tasks) → label and write parts (tasks + actors) → commit (``_SUCCESS.json`` from the write results).
 
 ``run_job(config)`` is the Python API behind ``python -m jobs.label``; it reuses a Ray already
 initialised by the caller, else connects to ``$RAY_ADDRESS``/``ray_address`` or starts a local Ray.
 """
 from __future__ import annotations
 
-import collections
 import datetime
 import hashlib
 import json
@@ -15,20 +15,17 @@ import time
 import uuid
 from typing import Dict, Iterator, List, Optional, Tuple
 
-import numpy as np
-
 from jobs import cluster, commit, storage
 from jobs.config import RETRY_POLICIES, LabelJobConfig
 from jobs.inputs import InputError, InputOptions
 from jobs.planner import Indexed, PlanLocator, Planner
-from jobs.stages import SegmentStage, read_shards, write_parts
+from jobs.stages import SegmentStage, read_shards
 from schemas import layout
 from schemas.version import code_version
 
 log = logging.getLogger("reslabel.job")
 DECODE_BASE_BYTES = 160 * 2**20  # peak USS of a read+decode task on 16 VGA or HD images: 132-163 MiB measured
 DECODE_BYTES_PER_PIXEL = 16  # measured 15-16 bytes per decoded pixel (bytes, Pillow's RGB, numpy copy, resize)
-WRITE_CPUS = 0.5  # a write task: Parquet encoding and one PUT per part
 
 
 def decode_memory(max_pixels: int, shard_bytes: int = 0) -> int:
@@ -132,7 +129,7 @@ def _manifest(cfg, run_id: str, prep: Dict, seg_cfg, mc, planned) -> Dict:
                 created_at=datetime.datetime.now(datetime.timezone.utc).isoformat())
 
 
-def _register(cfg, output: str, planner: Planner, indexed: Optional[Indexed], prep: Dict, seg_cfg,
+def _register(cfg, output: str, planner: Planner, indexed: Optional[Indexed], attempt: str, prep: Dict, seg_cfg,
               mc) -> Tuple[Optional[str], Optional[Dict]]:
     """Find or create the run to work on: ``(run_id, manifest)``, or ``(None, None)`` when nothing is left."""
     config_hash = prep["provenance"]["config_hash"]
@@ -146,8 +143,7 @@ def _register(cfg, output: str, planner: Planner, indexed: Optional[Indexed], pr
         return run_id, manifest
     if indexed is None:  # a registered run was expected here (see run_job)
         raise JobError(f"run {run_id} is not registered any more under {output}")
-    planned = planner.write_plan(indexed, run, uuid.uuid4().hex[:8], cfg.shard_size,
-                                 commit.committed_part_uris(output, config_hash))
+    planned = planner.write_plan(indexed, run, attempt, cfg.shard_size, commit.committed_part_uris(output, config_hash))
     if planned.rows == 0:
         return None, None
     manifest = _manifest(cfg, run_id, prep, seg_cfg, mc, planned)
@@ -165,25 +161,24 @@ def _label(cfg, run: str, plan: PlanLocator, todo: List[int], prep: Dict, text_r
 
     ctx = ray.data.DataContext.get_current()
     saved = ctx.target_max_block_size
-    ctx.target_max_block_size = None  # never split a block: each write task holds whole shards
+    ctx.target_max_block_size = None  # never split a block: the actor writes whole shards
     try:
-        todo_ref = None if todo == list(range(plan.shards)) else ray.put(np.asarray(todo, np.int64))
-        ds = ray.data.range(len(todo), override_num_blocks=len(todo))  # one shard per block
+        # one shard per block, handed out from the driver (a tiny block each: no source tasks to schedule)
+        ds = ray.data.from_items([{"shard": k} for k in todo], override_num_blocks=len(todo))
         ds = ds.map_batches(read_shards, batch_format="pyarrow", batch_size=None, num_cpus=1,
                             memory=decode_memory(cfg.max_pixels, resized_shard_bytes(seg_cfg, cfg.shard_size)),
-                            fn_kwargs=dict(plan=plan, todo=todo_ref, seg_config=seg_cfg, bytes_column=cfg.bytes_column,
+                            fn_kwargs=dict(plan=plan, seg_config=seg_cfg, bytes_column=cfg.bytes_column,
                                            max_pixels=cfg.max_pixels, threads=cfg.read_threads,
                                            s3_endpoint=cfg.s3_endpoint))
         ds = ds.map_batches(
-            segment_stage, batch_format="pyarrow", batch_size=None, udf_modifying_row_count=False,
+            segment_stage, batch_format="pyarrow", batch_size=None,
             compute=ray.data.ActorPoolStrategy(size=cfg.num_actors), num_gpus=cfg.gpus_per_actor or None,
             num_cpus=cfg.cpus_per_actor, resources=cfg.actor_resources or None,
             fn_constructor_kwargs=dict(seg_config=seg_cfg, model_config=mc, vocabulary=vocab, text_embeddings=text_ref,
                                        provenance=prep["provenance"], run_id=metadata[layout.META_RUN_ID],
                                        exclude_ids=prep["exclude"], torch_threads=int(cfg.cpus_per_actor),
-                                       images_per_call=cfg.batch_size, s3_endpoint=cfg.s3_endpoint))
-        ds = ds.map_batches(write_parts, batch_format="pyarrow", batch_size=None, num_cpus=WRITE_CPUS,
-                            fn_kwargs=dict(run=run, metadata=metadata))
+                                       images_per_call=cfg.batch_size, run=run, part_metadata=metadata,
+                                       s3_endpoint=cfg.s3_endpoint))
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             yield from batch.to_pylist()
     finally:
@@ -225,14 +220,19 @@ def run_job(cfg: LabelJobConfig, *, segment_stage: type = SegmentStage) -> Dict:
         registered = resumed is not None and commit.read_manifest(resumed) is not None
         if not registered and storage.kind(source) is None and not any(ch in source for ch in "*?["):
             raise InputError(f"input {source}: no such file, directory or prefix")
+        storage.check_writable(output)
         started = _init_ray(cfg) or started
         planner = Planner(InputOptions(cfg.bytes_column, cfg.id_column, cfg.uri_column), RETRY_POLICIES[cfg.retry],
                           cfg.s3_endpoint)
-        indexed = None if registered else planner.index(source, cfg.input_format)  # listed once, indexed by tasks
-        storage.check_writable(output)
-        prep = _run_prepare(cfg, output, seg_cfg, mc, vocab)
-        t_prepare = time.perf_counter() - t0
-        run_id, manifest = _register(cfg, output, planner, indexed, prep, seg_cfg, mc)
+        attempt = uuid.uuid4().hex[:8]
+        staging = storage.join(output, layout.PLANNING, attempt)
+        try:
+            indexed = None if registered else planner.index(source, cfg.input_format, staging)  # listed once
+            prep = _run_prepare(cfg, output, seg_cfg, mc, vocab)
+            t_prepare = time.perf_counter() - t0
+            run_id, manifest = _register(cfg, output, planner, indexed, attempt, prep, seg_cfg, mc)
+        finally:
+            planner.discard(staging)
         if run_id is None:
             log.warning("nothing to label: every input is committed for config %s", prep["provenance"]["config_hash"])
             return dict(run_id=None, rows=0, new_images=0, config_hash=prep["provenance"]["config_hash"])

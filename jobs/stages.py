@@ -1,14 +1,16 @@
 """The Ray Data stages of the labeling job, one shard (or a few) per block from end to end:
 
     read_shards   (CPU tasks)   shard numbers → the shards' plan rows → fetch (threads) → decode → resize
-    SegmentStage  (actor pool)  decoded images → label rows, ``images_per_call`` images per segmenter call
-    write_parts   (CPU tasks)   label rows → ``part-<shard>.parquet`` per shard, written by the worker; returns one
+    SegmentStage  (actor pool)  decoded images → label rows (``images_per_call`` images per segmenter call) →
+                                ``write_parts``: ``part-<shard>.parquet`` per shard, written by the actor; returns one
                                 small stats row per part (the driver never sees a label row)
 
-Blocks are never split (the job sets Ray Data's ``target_max_block_size`` to None), so every write task holds
-all rows of each shard in its block and checks it. Every input reaches the writer as exactly one row:
-failures are rows with a status, never exceptions. Private columns (``_shard``, ``_shard_rows``, ``_t_*`` stage
-seconds) ride along and are stripped by the writer.
+Blocks are never split (the job sets Ray Data's ``target_max_block_size`` to None), so the actor holds all rows of
+each shard in its block and checks it before writing. Labeling and writing share one operator: Ray Data's
+driver-side cost is per task and operator (measured ~6-20 ms per block, ``bench/job_scale.py``), and a separate
+write stage was one more task per block. Every input reaches the writer as exactly one row: failures are rows
+with a status, never exceptions. Private columns (``_shard``, ``_shard_rows``, ``_t_*`` stage seconds) ride
+along and are stripped by the writer.
 """
 from __future__ import annotations
 
@@ -27,26 +29,23 @@ from schemas import Status, layout, make_row, rows_to_table
 DECODED_SCHEMA = pa.schema([
     ("image_id", pa.string()), ("source_uri", pa.string()), ("_shard", pa.int32()), ("_shard_rows", pa.int32()),
     ("status", pa.string()), ("error", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
-    ("pixels", pa.large_binary()),  # resized RGB uint8, row-major (rh, rw, 3); null unless ok
-    ("rh", pa.int32()), ("rw", pa.int32()), ("_t_read", pa.float64()), ("_t_decode", pa.float64()),
+    ("pixels", pa.large_binary()),  # RGB uint8, row-major (ph, pw, 3); null unless ok
+    ("ph", pa.int32()), ("pw", pa.int32()),  # the shipped pixels: resized, or decoded when resizing would enlarge
+    ("rh", pa.int32()), ("rw", pa.int32()),  # the size the preset resizes to (the actor resizes if they differ)
+    ("_t_read", pa.float64()), ("_t_decode", pa.float64()),
 ])
 TIMING_COLUMNS = ("_t_read", "_t_decode", "_t_segment", "_t_encode")
 WRITE_RESULT_SCHEMA = pa.schema([("shard", pa.int32()), ("name", pa.string()), ("rows", pa.int64()),
                                  ("written", pa.bool_()), ("stats", pa.string())])  # stats: commit.part_stats JSON
 
 
-def read_shards(batch: pa.Table, *, plan, todo, seg_config, bytes_column: str, max_pixels: int, threads: int,
+def read_shards(batch: pa.Table, *, plan, seg_config, bytes_column: str, max_pixels: int, threads: int,
                 s3_endpoint: Optional[str] = None) -> pa.Table:
-    """Positions into ``todo`` (the ``id`` column of ``ray.data.range``) → every image of those shards, decoded
-    and resized (``DECODED_SCHEMA``). ``plan`` is a ``jobs.planner.PlanLocator``; ``todo`` the shard numbers to
-    label (an object ref to an int64 array), or None when position == shard."""
-    import ray
-
+    """Shard numbers (column ``shard``) → every image of those shards, decoded and resized (``DECODED_SCHEMA``).
+    ``plan`` is a ``jobs.planner.PlanLocator``."""
     storage.apply_endpoint(s3_endpoint)
-    shards = ray.get(todo) if isinstance(todo, ray.ObjectRef) else todo
     out = []
-    for i in batch.column("id").to_pylist():
-        shard = int(shards[i]) if shards is not None else int(i)
+    for shard in batch.column("shard").to_pylist():
         rows = plan.read(shard)
         rows = rows.append_column("_shard", pa.array([shard] * rows.num_rows, pa.int32()))
         decoded = read_decode(rows, seg_config=seg_config, bytes_column=bytes_column, max_pixels=max_pixels,
@@ -68,14 +67,32 @@ def read_decode(batch: pa.Table, *, seg_config, bytes_column: str, max_pixels: i
     todo = [r for r in rows if not r["pre_status"]]
     fetched = dict(zip((r["image_id"] for r in todo), fetch_bytes(todo, bytes_column, threads)))
     t_read = (time.perf_counter() - t0) / max(len(rows), 1)
-    out = []
+    out, images = [], []
     for r in rows:
         t1 = time.perf_counter()
         rec = _decode_one(r, fetched.get(r["image_id"]), seg_config, max_pixels)
+        images.append(rec.pop("image", None))
         rec.update(image_id=r["image_id"], source_uri=r["source_uri"], _shard=r["_shard"], _t_read=t_read,
                    _t_decode=time.perf_counter() - t1)
         out.append(rec)
-    return pa.Table.from_pylist(out, schema=DECODED_SCHEMA)
+    columns = {f.name: pa.array([rec.get(f.name) for rec in out], f.type) for f in DECODED_SCHEMA if f.name != "pixels"}
+    columns["pixels"] = pixel_column(images)
+    return pa.table([columns[f.name] for f in DECODED_SCHEMA], schema=DECODED_SCHEMA)
+
+
+def pixel_column(images: Sequence[Optional[np.ndarray]]) -> pa.Array:
+    """uint8 images (or None) → a ``large_binary`` array of their row-major bytes, null where None, built with one
+    copy into a single buffer (``pa.array`` of Python bytes ran at ~230 MB/s here: 0.4 s for a shard)."""
+    sizes = np.array([0 if im is None else im.size for im in images], dtype=np.int64)
+    offsets = np.zeros(len(images) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    data = np.empty(int(offsets[-1]), dtype=np.uint8)
+    for im, start, size in zip(images, offsets[:-1], sizes):
+        if im is not None:
+            data[start:start + size] = im.reshape(-1)
+    valid = pa.array([im is not None for im in images], pa.bool_())
+    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(images),
+                                            [valid.buffers()[1], pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
 def write_parts(batch: pa.Table, *, run: str, metadata: Dict[str, str]) -> pa.Table:
@@ -91,6 +108,9 @@ def write_parts(batch: pa.Table, *, run: str, metadata: Dict[str, str]) -> pa.Ta
         stats = commit.part_stats(rows, stages)
         meta = {**metadata, layout.META_SHARD: str(shard), layout.META_PART_STATS: json.dumps(stats)}
         written = commit.write_part(run, shard, commit.part_table([rows], meta))
+        if not written:  # an earlier call committed this shard: report what the committed part holds
+            (kept,) = commit.read_part_stats(run, [shard])
+            stats = {k: kept[k] for k in ("by_status", "stage_seconds", "errors")}
         results.append(dict(shard=shard, name=layout.part_name(shard), rows=rows.num_rows, written=written,
                             stats=json.dumps(stats)))
     return pa.Table.from_pylist(results, schema=WRITE_RESULT_SCHEMA)
@@ -113,11 +133,13 @@ def _decode_one(r: Dict, fetched, seg_config, max_pixels: int) -> Dict:
     if max(rh, rw) > seg_config.max_side_after_resize:
         return dict(base, status=Status.TOO_LARGE.value,
                     error=f"resizes to {rh}x{rw}, above max_side_after_resize={seg_config.max_side_after_resize}")
+    if rh * rw > d.height * d.width:  # enlarging: ship the smaller decoded image, the actor resizes it
+        return dict(base, image=d.image, ph=d.height, pw=d.width, rh=rh, rw=rw)
     try:
         img = resize_for_config(d.image, seg_config, r["source_uri"])
     except ImageError as e:  # e.g. an extreme aspect ratio resizes to an empty side
         return dict(base, status=Status.TOO_SMALL.value, error=str(e))
-    return dict(base, pixels=img.tobytes(), rh=img.shape[0], rw=img.shape[1])
+    return dict(base, image=img, ph=img.shape[0], pw=img.shape[1], rh=img.shape[0], rw=img.shape[1])
 
 
 class SegmentStage:
@@ -125,8 +147,8 @@ class SegmentStage:
     object store), then turns decoded batches into label rows (``schemas.LABEL_SCHEMA`` + private columns)."""
 
     def __init__(self, seg_config, model_config, vocabulary, text_embeddings, provenance: Dict[str, str], run_id: str,
-                 exclude_ids: Sequence[int], torch_threads: int, images_per_call: int,
-                 s3_endpoint: Optional[str] = None):
+                 exclude_ids: Sequence[int], torch_threads: int, images_per_call: int, run: str,
+                 part_metadata: Dict[str, str], s3_endpoint: Optional[str] = None):
         import ray
         import torch
 
@@ -147,12 +169,13 @@ class SegmentStage:
         self.exclude = set(exclude_ids)
         self.patch = tuple(self.seg.vision.patch_size)
         self.images_per_call = int(images_per_call)
+        self.run, self.part_metadata = run, dict(part_metadata)
 
     def __call__(self, block: pa.Table) -> pa.Table:
-        """A block of decoded images (whole shards) → their label rows, ``images_per_call`` at a time."""
+        """A block of decoded images (whole shards) → their parts, written here → ``WRITE_RESULT_SCHEMA`` rows."""
         n, k = block.num_rows, self.images_per_call
-        return pa.concat_tables([self._label(block.slice(i, k)) for i in range(0, n, k)]) if n else \
-            self._label(block)
+        rows = pa.concat_tables([self._label(block.slice(i, k)) for i in range(0, n, k)]) if n else self._label(block)
+        return write_parts(rows, run=self.run, metadata=self.part_metadata)
 
     def _label(self, batch: pa.Table) -> pa.Table:
         recs = batch.to_pylist()
@@ -185,7 +208,7 @@ class SegmentStage:
                 out[i] = (Status.TOO_SMALL.value, f"resized to {r['rh']}x{r['rw']}, smaller than one {self.patch} patch")
             else:
                 idx.append(i)
-        images = [np.frombuffer(recs[i]["pixels"], np.uint8).reshape(recs[i]["rh"], recs[i]["rw"], 3) for i in idx]
+        images = [self._pixels(recs[i]) for i in idx]
         sizes = [(recs[i]["height"], recs[i]["width"]) for i in idx]
         try:
             for i, res in zip(idx, self.seg.segment_prepared(images, sizes)):
@@ -197,6 +220,16 @@ class SegmentStage:
                 except Exception as e:  # noqa: BLE001 - becomes this image's row
                     out[i] = (Status.INFERENCE_ERROR.value, f"{type(e).__name__}: {e}"[:2000])
         return out
+
+    def _pixels(self, rec: Dict) -> np.ndarray:
+        """A record's image at the preset's size: the shipped pixels, resized here when the read task sent the
+        (smaller) decoded image; the same ``resize_for_config`` either way."""
+        from pipeline.preprocess import resize_for_config
+
+        img = np.frombuffer(rec["pixels"], np.uint8).reshape(rec["ph"], rec["pw"], 3)
+        if (rec["ph"], rec["pw"]) != (rec["rh"], rec["rw"]):
+            img = resize_for_config(img, self.seg.config, rec["source_uri"])
+        return img
 
     def _row(self, rec: Dict, res, now: datetime.datetime) -> Dict:
         from pipeline.segments import segments_from_labels

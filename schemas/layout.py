@@ -2,6 +2,7 @@
 other reader read it.
 
     OUTPUT/_text_cache/<key>.safetensors        text embeddings (content-keyed)
+    OUTPUT/_planning/<attempt>/                 planning's staging files (jobs/planner.py), deleted after it
     OUTPUT/runs/<run_id>/_plan/<attempt>/plan-<bucket>.parquet
                                                 the run's inputs (``jobs.inputs.INDEX_SCHEMA``), sorted by
                                                 (bucket, image_id); shard k = global plan rows
@@ -23,6 +24,7 @@ from typing import Optional
 LAYOUT_VERSION = 2
 RUNS = "runs"
 TEXT_CACHE = "_text_cache"
+PLANNING = "_planning"
 PLAN_DIR = "_plan"
 PLAN_MANIFEST = "_plan.json"
 LEGACY_PLAN = "_plan.parquet"  # layout 1: the plan table, its meta in the Parquet metadata under LEGACY_PLAN_KEY

@@ -42,9 +42,11 @@ def _images(folder, n):
 
 def _plan(tmp_path, src, done_parts=(), retry="transient", shard_size=4, fmt="auto"):
     p = Planner(InputOptions(), RETRY_POLICIES[retry], None)
-    run = str(tmp_path / "out" / "runs" / "r")
-    indexed = p.index(str(src), fmt)
+    run, staging = str(tmp_path / "out" / "runs" / "r"), str(tmp_path / "out" / "_planning" / "a1")
+    indexed = p.index(str(src), fmt, staging)
     planned = p.write_plan(indexed, run, "a1", shard_size, list(done_parts))
+    p.discard(staging)
+    assert not list((tmp_path / "out" / "_planning" / "a1").glob("*"))  # staging files removed
     return run, indexed, planned
 
 
@@ -102,7 +104,7 @@ def test_empty_input_is_refused_before_any_plan(ray_local, tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "notes.txt").write_text("no images")
     with pytest.raises(InputError, match="no inputs found"):
-        Planner(InputOptions(), (), None).index(str(tmp_path / "in"), "auto")
+        Planner(InputOptions(), (), None).index(str(tmp_path / "in"), "auto", str(tmp_path / "staging"))
 
 
 def test_auto_lists_once_and_prefers_containers(ray_local, tmp_path, monkeypatch):
