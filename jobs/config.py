@@ -59,7 +59,7 @@ class LabelJobConfig:
     cpus_per_actor: float = 1.0  # also the torch thread count of a CPU actor
     actor_resources: Optional[Dict[str, float]] = None  # custom Ray resources per segment actor (node pinning)
     batch_size: int = 4  # images per segmenter call inside an actor (an actor gets whole shards)
-    shard_size: int = 256  # images per committed part file, and per pipeline block
+    shard_size: int = 256  # images per committed part file, per read task and per actor call
     read_threads: int = 8  # objects a read task fetches at a time
     max_pixels: int = DEFAULT_MAX_PIXELS
     background: str = "auto"  # auto | none | a class name to drop from segments

@@ -1,4 +1,4 @@
-"""CLI: label images with ResCLIP on Ray Data, COCO-RLE Parquet out, exactly once and resumable.
+"""CLI: label images with ResCLIP on Ray (read tasks + a segment actor pool), COCO-RLE Parquet out, exactly once and resumable.
 
     python -m jobs.label --input s3://bucket/images/ --output s3://bucket/labels/ --preset voc21
 
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--actor-resources", type=_json_object, metavar="JSON",
       help='custom Ray resources per segment actor, e.g. \'{"gpu_node": 1}\' to pin actors to a node type')
     a("--batch-size", type=int, default=4, help="images per segmenter call inside an actor (actors get whole shards)")
-    a("--shard-size", type=int, default=256, help="images per committed part file and per pipeline block")
+    a("--shard-size", type=int, default=256, help="images per committed part file, per read task and per actor call")
     a("--read-threads", type=int, default=LabelJobConfig.read_threads, help="objects a read task fetches at a time")
     a("--read-batch-size", dest="read_threads", type=int, default=argparse.SUPPRESS, help="deprecated: read tasks now take whole shards; "
       "its value sets --read-threads")

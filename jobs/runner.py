@@ -19,7 +19,8 @@ from jobs import cluster, commit, storage
 from jobs.config import RETRY_POLICIES, LabelJobConfig
 from jobs.inputs import InputError, InputOptions
 from jobs.planner import Indexed, PlanLocator, Planner
-from jobs.stages import SegmentStage, read_shards
+from jobs.dispatch import Dispatch, free_cpus, label_shards
+from jobs.stages import SegmentStage, read_shard
 from schemas import layout
 from schemas.version import code_version
 
@@ -30,7 +31,7 @@ DECODE_BYTES_PER_PIXEL = 16  # measured 15-16 bytes per decoded pixel (bytes, Pi
 
 def decode_memory(max_pixels: int, shard_bytes: int = 0) -> int:
     """Bytes a read+decode task reserves: the measured peak for an image of ``max_pixels`` pixels, plus the
-    shard's resized images it holds (``shard_bytes``), plus the 25 % headroom of Ray Data's high-memory check
+    shard's resized images it holds (``shard_bytes``), plus 25 % headroom
     (``bench/decode_memory.py``, ``bench/results/decode_memory.json``)."""
     return int(1.25 * (DECODE_BASE_BYTES + DECODE_BYTES_PER_PIXEL * max_pixels + shard_bytes))
 
@@ -156,33 +157,23 @@ def _register(cfg, output: str, planner: Planner, indexed: Optional[Indexed], at
 
 def _label(cfg, run: str, plan: PlanLocator, todo: List[int], prep: Dict, text_ref, seg_cfg, mc, vocab,
            metadata: Dict[str, str], segment_stage: type) -> Iterator[Dict]:
-    """Run the Ray Data pipeline over the shards ``todo``; yields one write result per committed part."""
-    import ray
-
-    ctx = ray.data.DataContext.get_current()
-    saved = ctx.target_max_block_size
-    ctx.target_max_block_size = None  # never split a block: the actor writes whole shards
-    try:
-        # one shard per block, handed out from the driver (a tiny block each: no source tasks to schedule)
-        ds = ray.data.from_items([{"shard": k} for k in todo], override_num_blocks=len(todo))
-        ds = ds.map_batches(read_shards, batch_format="pyarrow", batch_size=None, num_cpus=1,
-                            memory=decode_memory(cfg.max_pixels, resized_shard_bytes(seg_cfg, cfg.shard_size)),
-                            fn_kwargs=dict(plan=plan, seg_config=seg_cfg, bytes_column=cfg.bytes_column,
-                                           max_pixels=cfg.max_pixels, threads=cfg.read_threads,
-                                           s3_endpoint=cfg.s3_endpoint))
-        ds = ds.map_batches(
-            segment_stage, batch_format="pyarrow", batch_size=None,
-            compute=ray.data.ActorPoolStrategy(size=cfg.num_actors), num_gpus=cfg.gpus_per_actor or None,
-            num_cpus=cfg.cpus_per_actor, resources=cfg.actor_resources or None,
-            fn_constructor_kwargs=dict(seg_config=seg_cfg, model_config=mc, vocabulary=vocab, text_embeddings=text_ref,
-                                       provenance=prep["provenance"], run_id=metadata[layout.META_RUN_ID],
-                                       exclude_ids=prep["exclude"], torch_threads=int(cfg.cpus_per_actor),
-                                       images_per_call=cfg.batch_size, run=run, part_metadata=metadata,
-                                       s3_endpoint=cfg.s3_endpoint))
-        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-            yield from batch.to_pylist()
-    finally:
-        ctx.target_max_block_size = saved
+    """Label the shards ``todo`` (``jobs.dispatch``: a read task and an actor call per shard); yields one write
+    result per committed part."""
+    actor_cpus = cfg.num_actors * cfg.cpus_per_actor
+    read_options = dict(num_cpus=1, memory=decode_memory(cfg.max_pixels, resized_shard_bytes(seg_cfg, cfg.shard_size)))
+    actor_options = dict(num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
+                         resources=cfg.actor_resources or None)
+    dispatch = Dispatch(num_actors=cfg.num_actors, read_options=read_options,
+                        actor_options={k: v for k, v in actor_options.items() if v is not None},
+                        read_ahead=max(2 * cfg.num_actors, free_cpus(actor_cpus) or 0))
+    read_kwargs = dict(plan=plan, seg_config=seg_cfg, bytes_column=cfg.bytes_column, max_pixels=cfg.max_pixels,
+                       threads=cfg.read_threads, s3_endpoint=cfg.s3_endpoint)
+    actor_kwargs = dict(seg_config=seg_cfg, model_config=mc, vocabulary=vocab, text_embeddings=text_ref,
+                        provenance=prep["provenance"], run_id=metadata[layout.META_RUN_ID],
+                        exclude_ids=prep["exclude"], torch_threads=int(cfg.cpus_per_actor),
+                        images_per_call=cfg.batch_size, run=run, part_metadata=metadata, s3_endpoint=cfg.s3_endpoint)
+    return label_shards(todo, read_fn=read_shard, read_kwargs=read_kwargs, actor_cls=segment_stage,
+                        actor_kwargs=actor_kwargs, dispatch=dispatch)
 
 
 def run_job(cfg: LabelJobConfig, *, segment_stage: type = SegmentStage) -> Dict:

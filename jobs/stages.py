@@ -1,16 +1,13 @@
-"""The Ray Data stages of the labeling job, one shard (or a few) per block from end to end:
+"""The two stages of the labeling job, one shard from end to end (``jobs.dispatch`` hands the shards out):
 
-    read_shards   (CPU tasks)   shard numbers → the shards' plan rows → fetch (threads) → decode → resize
-    SegmentStage  (actor pool)  decoded images → label rows (``images_per_call`` images per segmenter call) →
-                                ``write_parts``: ``part-<shard>.parquet`` per shard, written by the actor; returns one
+    read_shard    (CPU task)    a shard number → the shard's plan rows → fetch (threads) → decode → resize
+    SegmentStage  (actor pool)  a shard's decoded images → label rows (``images_per_call`` images per segmenter
+                                call) → ``write_parts``: ``part-<shard>.parquet``, written by the actor; returns one
                                 small stats row per part (the driver never sees a label row)
 
-Blocks are never split (the job sets Ray Data's ``target_max_block_size`` to None), so the actor holds all rows of
-each shard in its block and checks it before writing. Labeling and writing share one operator: Ray Data's
-driver-side cost is per task and operator (measured ~6-20 ms per block, ``bench/job_scale.py``), and a separate
-write stage was one more task per block. Every input reaches the writer as exactly one row: failures are rows
-with a status, never exceptions. Private columns (``_shard``, ``_shard_rows``, ``_t_*`` stage seconds) ride
-along and are stripped by the writer.
+The actor gets all rows of a shard in one call and checks them before writing. Every input reaches the writer as
+exactly one row: failures are rows with a status, never exceptions. Private columns (``_shard``, ``_shard_rows``,
+``_t_*`` stage seconds) ride along and are stripped by the writer.
 """
 from __future__ import annotations
 
@@ -35,24 +32,19 @@ DECODED_SCHEMA = pa.schema([
     ("_t_read", pa.float64()), ("_t_decode", pa.float64()),
 ])
 TIMING_COLUMNS = ("_t_read", "_t_decode", "_t_segment", "_t_encode")
-WRITE_RESULT_SCHEMA = pa.schema([("shard", pa.int32()), ("name", pa.string()), ("rows", pa.int64()),
-                                 ("written", pa.bool_()), ("stats", pa.string())])  # stats: commit.part_stats JSON
 
 
-def read_shards(batch: pa.Table, *, plan, seg_config, bytes_column: str, max_pixels: int, threads: int,
-                s3_endpoint: Optional[str] = None) -> pa.Table:
-    """Shard numbers (column ``shard``) → every image of those shards, decoded and resized (``DECODED_SCHEMA``).
-    ``plan`` is a ``jobs.planner.PlanLocator``."""
+def read_shard(shard: int, *, plan, seg_config, bytes_column: str, max_pixels: int, threads: int,
+               s3_endpoint: Optional[str] = None) -> pa.Table:
+    """A shard number → every image of that shard, decoded and resized (``DECODED_SCHEMA``). ``plan`` is a
+    ``jobs.planner.PlanLocator``."""
     storage.apply_endpoint(s3_endpoint)
-    out = []
-    for shard in batch.column("shard").to_pylist():
-        rows = plan.read(shard)
-        rows = rows.append_column("_shard", pa.array([shard] * rows.num_rows, pa.int32()))
-        decoded = read_decode(rows, seg_config=seg_config, bytes_column=bytes_column, max_pixels=max_pixels,
-                              threads=threads)
-        out.append(decoded.set_column(decoded.schema.get_field_index("_shard_rows"), "_shard_rows",
-                                      pa.array([rows.num_rows] * rows.num_rows, pa.int32())))
-    return pa.concat_tables(out) if out else DECODED_SCHEMA.empty_table()
+    rows = plan.read(shard)
+    rows = rows.append_column("_shard", pa.array([shard] * rows.num_rows, pa.int32()))
+    decoded = read_decode(rows, seg_config=seg_config, bytes_column=bytes_column, max_pixels=max_pixels,
+                          threads=threads)
+    return decoded.set_column(decoded.schema.get_field_index("_shard_rows"), "_shard_rows",
+                              pa.array([rows.num_rows] * rows.num_rows, pa.int32()))
 
 
 def read_decode(batch: pa.Table, *, seg_config, bytes_column: str, max_pixels: int, threads: int = 1,
@@ -95,15 +87,16 @@ def pixel_column(images: Sequence[Optional[np.ndarray]]) -> pa.Array:
                                             [valid.buffers()[1], pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
-def write_parts(batch: pa.Table, *, run: str, metadata: Dict[str, str]) -> pa.Table:
-    """Label rows of whole shards → one part per shard, written here (no-clobber: a retried task, or a shard an
-    earlier attempt committed, keeps the existing part). Returns ``WRITE_RESULT_SCHEMA`` rows."""
+def write_parts(batch: pa.Table, *, run: str, metadata: Dict[str, str]) -> List[Dict]:
+    """Label rows of whole shards → one part per shard, written here (no-clobber: a retried call, or a shard an
+    earlier attempt committed, keeps the existing part). Returns per part ``{shard, name, rows, written, stats}``
+    (``stats``: the ``commit.part_stats`` JSON)."""
     results = []
     for shard in sorted(set(batch.column("_shard").to_pylist())):
         rows = batch.filter(pc.equal(batch.column("_shard"), shard))
         expected = rows.column("_shard_rows")[0].as_py()
         if rows.num_rows != expected or len(set(rows.column("image_id").to_pylist())) != rows.num_rows:
-            raise RuntimeError(f"shard {shard}: {rows.num_rows} rows in this block for {expected} planned images")
+            raise RuntimeError(f"shard {shard}: {rows.num_rows} rows in this call for {expected} planned images")
         stages = {c[3:]: float(pc.sum(rows.column(c)).as_py() or 0.0) for c in TIMING_COLUMNS}
         stats = commit.part_stats(rows, stages)
         meta = {**metadata, layout.META_SHARD: str(shard), layout.META_PART_STATS: json.dumps(stats)}
@@ -113,7 +106,7 @@ def write_parts(batch: pa.Table, *, run: str, metadata: Dict[str, str]) -> pa.Ta
             stats = {k: kept[k] for k in ("by_status", "stage_seconds", "errors")}
         results.append(dict(shard=shard, name=layout.part_name(shard), rows=rows.num_rows, written=written,
                             stats=json.dumps(stats)))
-    return pa.Table.from_pylist(results, schema=WRITE_RESULT_SCHEMA)
+    return results
 
 
 def _decode_one(r: Dict, fetched, seg_config, max_pixels: int) -> Dict:
@@ -143,7 +136,7 @@ def _decode_one(r: Dict, fetched, seg_config, max_pixels: int) -> Dict:
 
 
 class SegmentStage:
-    """Actor: builds the ``Segmenter`` once (the vocabulary read by the driver, shared text embeddings from the
+    """Segment actor: builds the ``Segmenter`` once (the vocabulary read by the driver, shared text embeddings from the
     object store), then turns decoded batches into label rows (``schemas.LABEL_SCHEMA`` + private columns)."""
 
     def __init__(self, seg_config, model_config, vocabulary, text_embeddings, provenance: Dict[str, str], run_id: str,
@@ -171,8 +164,12 @@ class SegmentStage:
         self.images_per_call = int(images_per_call)
         self.run, self.part_metadata = run, dict(part_metadata)
 
-    def __call__(self, block: pa.Table) -> pa.Table:
-        """A block of decoded images (whole shards) → their parts, written here → ``WRITE_RESULT_SCHEMA`` rows."""
+    def ready(self) -> bool:
+        """Answers once the actor is up (the driver's probe after a restart)."""
+        return True
+
+    def label_block(self, block: pa.Table) -> List[Dict]:
+        """Decoded images of whole shards (``read_shard``) → their parts, written here → ``write_parts`` results."""
         n, k = block.num_rows, self.images_per_call
         rows = pa.concat_tables([self._label(block.slice(i, k)) for i in range(0, n, k)]) if n else self._label(block)
         return write_parts(rows, run=self.run, metadata=self.part_metadata)

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-ACTOR_MARK = "SegmentStage"  # Ray titles the pool's workers ray::MapWorker(MapBatches(SegmentStage))
+ACTOR_MARK = "ray::SegmentStage"  # Ray titles an actor's worker process after its class
 
 
 def _ppid_map() -> Dict[int, int]:
@@ -54,7 +54,7 @@ def cmdline(pid: int) -> str:
 
 def actor_pids(root: Optional[int] = None) -> List[int]:
     """Live segment-actor worker processes among our descendants."""
-    return [p for p in descendants(root or os.getpid()) if ACTOR_MARK in cmdline(p) and "MapWorker" in cmdline(p)]
+    return [p for p in descendants(root or os.getpid()) if cmdline(p).startswith(ACTOR_MARK)]
 
 
 def kill_pids(pids: List[int]) -> None:

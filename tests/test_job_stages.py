@@ -67,7 +67,7 @@ def _label_rows(ids, shard, shard_rows):
 def test_write_parts_commits_whole_shards_once(tmp_path):
     run = str(tmp_path / "run")
     block = pa.concat_tables([_label_rows(["b", "a"], 3, 2), _label_rows(["c"], 4, 1)])
-    results = write_parts(block, run=run, metadata={layout.META_RUN_ID: "r"}).to_pylist()
+    results = write_parts(block, run=run, metadata={layout.META_RUN_ID: "r"})
     assert [(r["shard"], r["name"], r["rows"], r["written"]) for r in results] == [
         (3, "part-00003.parquet", 2, True), (4, "part-00004.parquet", 1, True)]
     stats = json.loads(results[0]["stats"])
@@ -79,7 +79,7 @@ def test_write_parts_commits_whole_shards_once(tmp_path):
     status = first.schema.get_field_index("status")
     relabeled = first.set_column(status, first.schema.field(status), pa.array(["read_error"] * 2))
     retried = pa.concat_tables([relabeled, _label_rows(["c"], 4, 1)])  # a retry whose rows came out differently
-    again = write_parts(retried, run=run, metadata={layout.META_RUN_ID: "r"}).to_pylist()
+    again = write_parts(retried, run=run, metadata={layout.META_RUN_ID: "r"})
     assert [r["written"] for r in again] == [False, False]  # a retried call keeps the committed parts ...
     assert json.loads(again[0]["stats"])["by_status"] == {"empty": 2}  # ... and reports what they hold
 

@@ -1,0 +1,230 @@
+"""The driver's labeling loop: shard numbers out to read tasks and segment actors, one small result per shard back.
+
+Per shard the driver submits one read task (``stages.read_shards``: plan rows → fetched, decoded, resized images,
+which stay in the object store) and one actor call with that task's result as its argument (the actor labels the
+images and writes the shard's part itself, ``stages.SegmentStage``), then receives one small write result. That is
+the whole of the driver's work per shard (~5 ms of CPU, mostly Ray's own submission and object bookkeeping,
+independent of the shard's rows), in the spirit of
+img2dataset's distributor: the driver hands out shard ids and collects stats; it never sees a label row or a
+pixel. (A Ray Data pipeline did this before; its streaming executor cost the driver 40-50 ms of CPU per block
+plus ~33 ms per wall-second of scheduling, ten times this loop, ``bench/job_scale.py``.)
+
+Failure handling (what the reliability tests exercise):
+
+* an actor process dies (SIGKILL, OOM, its node lost): its running and queued calls fail at once and their
+  shards go back to the front of the queue, for any actor; Ray restarts the actor (``max_restarts=-1``) and
+  it gets work again once it answers a probe. An actor that cannot come back (its node and its resources are
+  gone) just never answers: the other actors finish the run. A shard whose part was already written when its
+  actor died is written no more: parts are committed no-clobber, and the second call reports the committed
+  part's stats; a shard reported twice counts once;
+* a read task's worker or node dies: Ray re-runs it (``max_retries=-1``), also when a finished result was lost
+  with its node (lineage reconstruction: the driver owns every read result);
+* an actor's constructor raises (bad weights, out of memory while loading): Ray does not restart such an actor;
+  the slot gets a fresh actor and its shards are handed out again, up to ``init_deaths_allowed`` consecutive
+  failures, then the constructor's error ends the job;
+* anything else a call raises (a storage error writing a part, a plan file that cannot be read) ends the job;
+  the parts committed so far stay and a rerun resumes.
+
+Backpressure: each actor holds at most ``depth`` calls (one labeling, the next one's pixels arriving), and at most
+``read_ahead`` read results wait for an actor, so the object store holds about
+``(num_actors * depth + read_ahead)`` shards of resized pixels at any time.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
+
+log = logging.getLogger("reslabel.job")
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """How shards are handed out. ``read_options`` / ``actor_options``: Ray resource options (``num_cpus``,
+    ``memory``, ``num_gpus``, ``resources``) of the read tasks and the segment actors."""
+
+    num_actors: int
+    read_options: Dict[str, Any] = field(default_factory=dict)
+    actor_options: Dict[str, Any] = field(default_factory=dict)
+    depth: int = 2  # calls queued per actor: one running, one whose pixels are on their way
+    read_ahead: int = 2  # finished or running read tasks not yet given to an actor
+    init_deaths_allowed: int = 3  # consecutive actor constructor failures before the job fails
+    progress_every_s: float = 30.0  # how often the driver logs progress
+    poll_s: float = 1.0  # how often the driver looks at the actors' states when no result arrives
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One actor of the pool: the calls it holds (call ref → (shard, read ref)) and, while it is being restarted
+    by Ray, the ref of the probe that says it is back (no work is given to it meanwhile)."""
+
+    actor: Any
+    calls: Dict[Any, Tuple[int, Any]] = field(default_factory=dict)
+    probe: Any = None
+
+
+def label_shards(todo: Sequence[int], *, read_fn: Callable, read_kwargs: Dict[str, Any], actor_cls: type,
+                 actor_kwargs: Dict[str, Any], dispatch: Dispatch) -> Iterator[Dict]:
+    """Label the shards ``todo``; yields each shard's write result (the dicts ``actor_cls.label_block`` returns)
+    once, as they arrive, in completion order. Raises the first error a call raises (see the module docstring).
+    ``actor_cls`` has ``label_block(decoded) -> List[Dict]`` (one dict per shard, with ``shard`` and ``rows``)
+    and ``ready() -> bool``."""
+    import ray
+
+    reader = ray.remote(_read).options(max_retries=-1, **dispatch.read_options)
+    read_args = ray.put((read_fn, read_kwargs))  # pickled once, not per task (it was ~3 ms of driver CPU each)
+    actor_class = ray.remote(actor_cls).options(max_restarts=-1, max_task_retries=0, **dispatch.actor_options)
+    slots = [_Slot(actor_class.remote(**actor_kwargs)) for _ in range(dispatch.num_actors)]
+    queue: Deque[int] = collections.deque(todo)
+    waiting: Deque[Tuple[int, Any]] = collections.deque()  # (shard, read ref) not yet given to an actor
+    owner: Dict[Any, _Slot] = {}  # call or probe ref → its slot
+    seen: set = set()
+    retry: Dict[_Slot, float] = {}  # slots whose probe failed → when to probe again
+    init_deaths, rows, t0, last_log = 0, 0, time.monotonic(), time.monotonic()
+    try:
+        while len(seen) < len(todo):
+            while queue and len(waiting) < dispatch.read_ahead:
+                shard = queue.popleft()
+                waiting.append((shard, reader.remote(shard, read_args)))
+            _assign(slots, waiting, owner, dispatch.depth)
+            now = time.monotonic()
+            for slot in [s for s in retry if retry[s] <= now]:  # probe again those whose last probe failed
+                del retry[slot]
+                slot.probe = slot.actor.ready.remote()
+                owner[slot.probe] = slot
+            for slot in slots:  # a restarting actor's calls would wait for it (for ever if its node is gone)
+                if slot.probe is None and slot.calls and _restarting(slot.actor):
+                    log.warning("a segment actor is restarting; its %d shard(s) go to the others", len(slot.calls))
+                    _requeue(slot, owner, waiting)
+                    slot.probe = slot.actor.ready.remote()
+                    owner[slot.probe] = slot
+            wait_s = min([dispatch.poll_s] + [t - now for t in retry.values()])
+            if not owner:  # every actor is between probes: nothing to wait on but the clock
+                time.sleep(max(wait_s, 0.0))
+                continue
+            finished, _ = ray.wait(list(owner), num_returns=1, timeout=max(wait_s, 0.0))
+            for ref in finished:
+                slot = owner.pop(ref)
+                if ref == slot.probe:
+                    _probed(slot, ref, retry)
+                    continue
+                shard, read_ref = slot.calls.pop(ref)
+                try:
+                    results = ray.get(ref)
+                except ray.exceptions.RayActorError as e:
+                    init_failed = getattr(e, "actor_init_failed", False)
+                    if init_failed and init_deaths >= dispatch.init_deaths_allowed:
+                        raise
+                    init_deaths += init_failed
+                    _requeue(slot, owner, waiting, (shard, read_ref))
+                    if init_failed:
+                        log.warning("a segment actor failed to start (%d of %d allowed); starting another: %s",
+                                    init_deaths, dispatch.init_deaths_allowed, _last_line(e))
+                        ray.kill(slot.actor, no_restart=True)
+                        slot.actor = actor_class.remote(**actor_kwargs)
+                    else:
+                        log.warning("a segment actor died (%s); its shards go to the others, Ray restarts it",
+                                    _last_line(e))
+                        slot.probe = slot.actor.ready.remote()
+                        owner[slot.probe] = slot
+                    continue
+                init_deaths = 0
+                for r in results:
+                    if r["shard"] not in seen:
+                        seen.add(r["shard"])
+                        rows += int(r["rows"])
+                        yield r
+            if time.monotonic() - last_log >= dispatch.progress_every_s:
+                last_log = time.monotonic()
+                log.info("labeled %d of %d shards (%d images, %.1f images/s); %d of %d actors working", len(seen),
+                         len(todo), rows, rows / max(last_log - t0, 1e-9), sum(s.probe is None for s in slots),
+                         len(slots))
+    finally:
+        for slot in slots:
+            ray.kill(slot.actor, no_restart=True)
+
+
+def _read(shard: int, read_args: Tuple[Callable, Dict[str, Any]]):
+    """Ray task: ``read_fn(shard, **read_kwargs)`` (the pair travels as one object, put once)."""
+    read_fn, read_kwargs = read_args
+    return read_fn(shard, **read_kwargs)
+
+
+def _probed(slot: _Slot, ref, retry: Dict[_Slot, float]) -> None:
+    """A probe finished: the actor is back (it gets work again), or it is still unreachable (a restart not done
+    yet; probe again in a second). One that died in its constructor stays probed: its next probe says so."""
+    import ray
+
+    try:
+        ray.get(ref)
+        slot.probe = None
+    except ray.exceptions.RayActorError as e:
+        if getattr(e, "actor_init_failed", False):
+            slot.probe = None  # the next call fails the same way and replaces it (counted there)
+        else:
+            retry[slot] = time.monotonic() + 1.0
+
+
+def _last_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[-1][:300] if lines else type(e).__name__
+
+
+def _assign(slots: List[_Slot], waiting: Deque[Tuple[int, Any]], owner: Dict[Any, _Slot], depth: int) -> None:
+    """Give waiting read results to the least-loaded working actors, finished reads first (an unfinished one is
+    handed out when nothing is finished: the actor call waits for it)."""
+    import ray
+
+    while waiting:
+        working = [s for s in slots if s.probe is None]
+        slot = min(working, key=lambda s: len(s.calls), default=None)
+        if slot is None or len(slot.calls) >= depth:
+            return
+        refs = [r for _, r in waiting]
+        ready = set(ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)[0])
+        pick = next((i for i, r in enumerate(refs) if r in ready), 0)
+        shard, read_ref = waiting[pick]
+        del waiting[pick]
+        call = slot.actor.label_block.remote(read_ref)
+        slot.calls[call] = (shard, read_ref)
+        owner[call] = slot
+
+
+def _requeue(slot: _Slot, owner: Dict[Any, _Slot], waiting: Deque[Tuple[int, Any]],
+             failed: Optional[Tuple[int, Any]] = None) -> None:
+    """The shards of a dead actor's calls (the failed one and any it still held) go back to the front of
+    ``waiting``; their calls are forgotten (should one still run after a restart, its part is already there or
+    is written once, and its result is not waited for)."""
+    import ray
+
+    for ref, pending in list(slot.calls.items()):
+        owner.pop(ref, None)
+        waiting.appendleft(pending)
+        try:
+            ray.cancel(ref)  # best effort: a call still queued for the restarted actor need not run
+        except Exception:  # noqa: BLE001 - a finished or unknown call: nothing to cancel
+            pass
+    slot.calls.clear()
+    if failed is not None:
+        waiting.appendleft(failed)
+
+
+def _restarting(actor) -> bool:
+    """Whether Ray is restarting ``actor`` (its process or node died), from this process's own view of the
+    actor's state: no RPC. The same private accessor Ray Data's actor pool reads; False if it is missing."""
+    try:
+        from ray.core.generated import gcs_pb2
+
+        return actor._get_local_state() == gcs_pb2.ActorTableData.ActorState.RESTARTING
+    except (AttributeError, ImportError):
+        return False
+
+
+def free_cpus(reserved: float) -> Optional[int]:
+    """CPUs of the running Ray cluster left after ``reserved`` (the actors'), or None when Ray does not say."""
+    import ray
+
+    total = ray.cluster_resources().get("CPU")
+    return None if total is None else max(0, int(total - reserved))
