@@ -58,7 +58,7 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SegmenterConfig:
-    """Everything that decides the labels for a given model and vocabulary (METHODS.md §1–3).
+    """Everything that decides the labels for a given model and vocabulary (docs/method.md §1–3).
 
     Sizes are pixels; ``resize_short``/``resize_long`` follow mmcv's keep-ratio rescale with
     ``scale=(resize_long, resize_short)``. ``slide_crop == 0`` means whole-image inference.

@@ -3,7 +3,7 @@
 The table is data: one ``Benchmark`` per preset name. ``root`` is the directory mmseg calls
 ``data_root`` (e.g. ``VOCdevkit/VOC2012``). Ground-truth PNGs hold class indices per pixel, 255 =
 ignore. ``reduce_zero_label`` benchmarks store 0 = "other/background" and classes from 1; loading
-maps 0 → 255 and k → k−1 (METHODS.md §1.7). Sources: the official ResCLIP/NACLIP configs and
+maps 0 → 255 and k → k−1 (docs/method.md §1.7). Sources: the official ResCLIP/NACLIP configs and
 mmseg's dataset classes (suffixes, split files).
 """
 from __future__ import annotations

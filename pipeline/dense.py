@@ -1,4 +1,4 @@
-"""Dense forward of the ViT for a batch of same-size crops (METHODS.md §1.4, §1.6, §2).
+"""Dense forward of the ViT for a batch of same-size crops (docs/method.md §1.4, §1.6, §2).
 
 ``crop_logits`` is the whole per-crop method: embed → layers 1..L−1 (capturing the RCS layers'
 attention) → the variant's last block (twice for SFR: a preliminary pass, PAMR, patch labels, Ŝ) →

@@ -19,7 +19,7 @@ from pipeline.metrics import IoUAccumulator, markdown_table
 from pipeline.label_dataset import load_rgb
 from pipeline.reader import Run, label_map
 
-# ResCLIP (NACLIP base, ViT-B/16) mIoU % from the paper, METHODS.md §4.1 — printed next to our numbers.
+# ResCLIP (NACLIP base, ViT-B/16) mIoU % from the paper, docs/method.md §4.1 — printed next to our numbers.
 PAPER_MIOU_VITB16 = {"voc21": 61.1, "context60": 33.5, "coco_object": 35.0, "voc20": 86.0, "cityscapes": 35.9,
                      "context59": 36.8, "ade20k": 18.0, "coco_stuff": 24.7}
 

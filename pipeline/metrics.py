@@ -1,4 +1,4 @@
-"""Semantic-segmentation metrics with the paper protocol (mmseg ``IoUMetric``, METHODS.md §1.7).
+"""Semantic-segmentation metrics with the paper protocol (mmseg ``IoUMetric``, docs/method.md §1.7).
 
 IoU is accumulated over the whole dataset: per class, intersections and unions are summed over all
 images and divided once at the end (not averaged per image). Ground-truth pixels equal to

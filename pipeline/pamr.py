@@ -1,6 +1,6 @@
 """Pixel-adaptive mask refinement (PAMR; Araslanov & Roth 2020), as used by NACLIP and ResCLIP.
 
-Reproduces the ``PAMR`` module shipped with the ResCLIP/NACLIP repositories (METHODS.md §2.6) with
+Reproduces the ``PAMR`` module shipped with the ResCLIP/NACLIP repositories (docs/method.md §2.6) with
 shifted slices instead of per-channel convolutions, so it is batched and cheap in memory. On the CPU the
 iterations run in the fused kernel of :mod:`pipeline.pamr_native` when it is available (equal to ~1e-6;
 1.5–6× faster, measured); the torch code here is the reference and the fallback, and the path on GPUs.

@@ -298,7 +298,7 @@ def iterate(lib: ctypes.CDLL, mask: torch.Tensor, weights: torch.Tensor, steps: 
 def patch_labels(lib: ctypes.CDLL, grid: torch.Tensor, ry: torch.Tensor, rx: torch.Tensor, weights: torch.Tensor,
                  steps: int, dy: Sequence[int], dx: Sequence[int], scale: float, temp_thd: float,
                  patch: Tuple[int, int], pixels: bool = False):
-    """ResCLIP's preliminary patch labels in one pass per channel block (METHODS.md §2.5 c–e).
+    """ResCLIP's preliminary patch labels in one pass per channel block (docs/method.md §2.5 c–e).
 
     Args:
         grid: (B, Q, gh, gw) float32 cosine logits at the patch grid.

@@ -1,4 +1,4 @@
-"""From averaged logits to labels (METHODS.md §1.7): resize, softmax × scale, synonym max-pooling,
+"""From averaged logits to labels (docs/method.md §1.7): resize, softmax × scale, synonym max-pooling,
 SCLIP's area threshold, argmax, ``prob_thd`` → background.
 
 Large outputs are processed in bands of rows so memory stays bounded by ``max_elements``.

@@ -1,4 +1,4 @@
-"""Image preprocessing (METHODS.md §1.2): keep-ratio resize with mmcv's rule, then mean/std.
+"""Image preprocessing (docs/method.md §1.2): keep-ratio resize with mmcv's rule, then mean/std.
 
 Resizing uses OpenCV's bilinear on uint8, as mmcv does, so label maps match the official pipeline.
 """

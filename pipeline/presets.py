@@ -1,4 +1,4 @@
-"""Per-benchmark presets as data (METHODS.md §3), selectable by name and overridable field by field.
+"""Per-benchmark presets as data (docs/method.md §3), selectable by name and overridable field by field.
 
 ``get_preset(name)`` is the released ResCLIP configuration (NACLIP base). With ``method="none"`` the
 base's own published frame is used (NACLIP §3.2, SCLIP §3.3, ClearCLIP §3.4); ResCLIP on the other bases

@@ -1,4 +1,4 @@
-"""ResCLIP's semantic feedback refinement (SFR) matrix, batched over crops (METHODS.md §2.5 e–f).
+"""ResCLIP's semantic feedback refinement (SFR) matrix, batched over crops (docs/method.md §2.5 e–f).
 
 Official functions reproduced: ``create_patch_matrix``, ``check_path`` and ``generate_attention_sfr``
 of the ResCLIP repository, including their quirks (marked ``parity:``).
@@ -37,7 +37,7 @@ def patch_labels(probs: torch.Tensor, temp_thd: float, patch: Tuple[int, int]) -
 def preliminary_labels(image: torch.Tensor, grid_logits: torch.Tensor, steps: int, dilations: Tuple[int, ...],
                        logit_scale: float, temp_thd: float, patch: Tuple[int, int],
                        native: Optional[bool] = None) -> torch.Tensor:
-    """SFR's patch labels from the preliminary pass (METHODS.md §2.5 d–e), on CPU in one fused kernel.
+    """SFR's patch labels from the preliminary pass (docs/method.md §2.5 d–e), on CPU in one fused kernel.
 
     The grid logits are upsampled bilinearly (align_corners=False) to the guide's size, refined by PAMR
     (``steps`` iterations, ``dilations``) guided by ``image``, soft-maxed over queries with ``logit_scale``,
@@ -93,7 +93,7 @@ def valid_paths(labels: torch.Tensor, grid: Tuple[int, int], native: Optional[bo
     """V (B, N, N) bool: every probe on the (partial) segment from i towards j carries label L_i.
 
     parity: probes are t_k = k / D_max for k ≤ D_ij only, so only the first D_ij/D_max of the segment
-    is inspected (METHODS §2.5 f2). The CPU kernel (``native`` as for :func:`pipeline.pamr.pamr`) walks each
+    is inspected (docs/method.md §2.5 f2). The CPU kernel (``native`` as for :func:`pipeline.pamr.pamr`) walks each
     pair's probes until the first foreign one; the torch code computes one step k at a time over all pairs:
     O(K·N²) work and O(N²) memory, with the probe coordinates separable per axis. Equal (tested).
     """

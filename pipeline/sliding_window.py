@@ -1,4 +1,4 @@
-"""Sliding-window geometry and logit averaging (METHODS.md §1.5; mmseg ``slide_inference``)."""
+"""Sliding-window geometry and logit averaging (docs/method.md §1.5; mmseg ``slide_inference``)."""
 from __future__ import annotations
 
 from typing import List, Tuple

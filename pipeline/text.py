@@ -1,4 +1,4 @@
-"""Text side (METHODS.md §1.3): one L2-normalised embedding per query, computed once and shared.
+"""Text side (docs/method.md §1.3): one L2-normalised embedding per query, computed once and shared.
 
 For each query the prompts of all templates are encoded, each embedding is L2-normalised, the mean is
 taken and normalised again → ``T`` of shape (Q, E). Prompts of many queries go through the text tower

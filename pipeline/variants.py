@@ -1,4 +1,4 @@
-"""Registry of last-block attention variants, composed from orthogonal parts (METHODS.md §2).
+"""Registry of last-block attention variants, composed from orthogonal parts (docs/method.md §2).
 
 A *base* is (attention logits, spatial prior, topology):
 
@@ -83,7 +83,7 @@ def list_variants() -> List[str]:
 
 
 def sfr_term(sfr: torch.Tensor, tau: float, lam: float, dtype: torch.dtype) -> torch.Tensor:
-    """τ·λ·Ŝ (B, 1, T, T) in ``dtype``, Ŝ already max-normalised and fp16 (METHODS §2.5 g).
+    """τ·λ·Ŝ (B, 1, T, T) in ``dtype``, Ŝ already max-normalised and fp16 (docs/method.md §2.5 g).
 
     parity: λ·Ŝ is computed in float16 like the official code, then promoted to the logits' dtype.
     """

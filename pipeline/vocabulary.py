@@ -1,4 +1,4 @@
-"""Class vocabularies and prompt templates (METHODS.md §1.3).
+"""Class vocabularies and prompt templates (docs/method.md §1.3).
 
 File format (the benchmarks' ``cls_*.txt``): one class per line; a line may list synonyms separated by
 ``", "``; every synonym is its own *query* mapped to the line's class index. Only the trailing newline

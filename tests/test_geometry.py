@@ -58,7 +58,7 @@ def test_pos_embed_uses_the_plus_point_one_scale_factor():
     out = interpolate_pos_embed(pos, (14, 14), (21, 28))[1:].reshape(21, 28, 768)
     grid = pos[1:].reshape(1, 14, 14, 768).permute(0, 3, 1, 2)
     by_size = F.interpolate(grid, size=(21, 28), mode="bicubic", align_corners=False)[0].permute(1, 2, 0)
-    assert (out - by_size).abs().max() > 0.1  # METHODS §1.6: size= gives different embeddings (0.45 there)
+    assert (out - by_size).abs().max() > 0.1  # docs/method.md §1.6: size= gives different embeddings (0.45 there)
     # A source-coordinate check: with scale (hp+0.1)/14 the first output row samples src = 0.5*14/21.1 - 0.5.
     by_scale = F.interpolate(grid, scale_factor=(21.1 / 14, 28.1 / 14), mode="bicubic", align_corners=False,
                              recompute_scale_factor=False)[0].permute(1, 2, 0)

@@ -1,4 +1,4 @@
-"""PAMR and the SFR matrix, tested without a model (METHODS.md §2.5 e–f, §2.6)."""
+"""PAMR and the SFR matrix, tested without a model (docs/method.md §2.5 e–f, §2.6)."""
 from __future__ import annotations
 
 import math
@@ -73,7 +73,7 @@ def test_path_check_is_partial():
     assert v[0, 5]
     assert not v[0, 8]  # probes round(8k/13) reach cell 3
     assert not v[0, 13]  # full segment checked for the maximally distant pair
-    # on a 14x14 grid a pair 9 columns apart probes only offsets 0..6 (METHODS §2.5 f2)
+    # on a 14x14 grid a pair 9 columns apart probes only offsets 0..6 (docs/method.md §2.5 f2)
     grid = torch.zeros(1, 14, 14, dtype=torch.long)
     grid[0, 0, 8] = 5  # blocker at column 8, between i=(0,0) and j=(0,9), beyond offset 6
     assert valid_paths(grid, (14, 14))[0, 0, 9]

@@ -9,7 +9,7 @@ import pytest
 from pipeline.config import ConfigError
 from pipeline.vocabulary import BENCHMARK_VOCABULARIES, Vocabulary, default_templates
 
-# (queries, classes) per benchmark, METHODS.md §1.3
+# (queries, classes) per benchmark, docs/method.md §1.3
 EXPECTED = {"voc21": (56, 21), "voc20": (30, 20), "coco_object": (113, 81), "context60": (60, 60),
             "context59": (59, 59), "cityscapes": (19, 19), "ade20k": (150, 150), "coco_stuff": (171, 171)}
 

@@ -8,7 +8,7 @@
 // independent accumulators hide the FMA latency.  Vectors are the machine's native width (8 floats with
 // AVX2, 16 with AVX-512: emulated 64-byte vectors on AVX2 measured 4x slower).
 //
-// ResCLIP's preliminary labels (METHODS.md 2.5 c-e) have their own entry point that fuses the whole chain
+// ResCLIP's preliminary labels (docs/method.md §2.5 c-e) have their own entry point that fuses the whole chain
 // per channel block: grid logits -> bilinear upsampling into the padded planes -> PAMR -> an online
 // softmax over the queries (running max, argmax, sum of exp) -> temp_thd -> the mode of each patch.  The
 // (Q, H, W) intermediates never exist.
@@ -419,7 +419,7 @@ int reslabel_pamr_f32(const float* mask, const float* weights, float* out, int64
   });
 }
 
-// ResCLIP's preliminary patch labels (METHODS.md 2.5 c-e) from grid logits, fused per channel block:
+// ResCLIP's preliminary patch labels (docs/method.md §2.5 c-e) from grid logits, fused per channel block:
 // grid (B, Q, gh, gw) float32 -> bilinear resize to (H, W) with the matrices ry (H, gh) and rx (W, gw)
 // (M = ry . (G . rx^T), the nonzeros of each row summed in column order) -> `steps` PAMR iterations with
 // weights (B, H, WR / U, K, U) and taps dy/dx as in reslabel_pamr_f32 -> per pixel softmax over the Q queries of
@@ -520,7 +520,7 @@ int reslabel_resize_f32(const float* x, int64_t N, int64_t h, int64_t w, const f
   });
 }
 
-// SFR's path validity (METHODS.md 2.5 f2) for patch labels (B, N) int64 on an hp x wp grid: valid[b, i, j]
+// SFR's path validity (docs/method.md §2.5 f2) for patch labels (B, N) int64 on an hp x wp grid: valid[b, i, j]
 // = 1 when the probes k = 1..D_ij (D = Chebyshev distance) of the partial segment from i towards j all carry
 // label L_i.  Probe coordinates come from the caller's tables rows (hp, hp, K1) and cols (wp, wp, K1),
 // K1 = D_max + 1, so the rounding is exactly the caller's.  A path stops at its first foreign probe.
@@ -554,7 +554,7 @@ int reslabel_sfr_valid_paths(const int64_t* labels, int64_t B, int64_t hp, int64
   });
 }
 
-// Neighbour weights of PAMR (METHODS.md 2.6) from a guide image (B, C, H, W) float32, written as
+// Neighbour weights of PAMR (docs/method.md §2.6) from a guide image (B, C, H, W) float32, written as
 // (B, H, WR / U, K, U) (the layout of reslabel_pamr_f32) with zeros past W, K = 8 * nd: per colour channel the unbiased standard deviation over the
 // 3x3 dilated windows of all dilations pooled (centre once per dilation), affinity logits averaged over
 // channels, softmax over the K taps. Tap order: dilation-major, then the 3x3 window in raster order without
