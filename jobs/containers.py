@@ -1,7 +1,10 @@
-"""Indexing and byte fetching for container inputs (Parquet with image bytes, WebDataset tars, manifests).
+"""Indexing and byte fetching for every input kind: image files (listed by ``jobs.inputs``) and containers
+(Parquet with image bytes, WebDataset tars, manifests).
 
-``index_*`` run on the driver and return ``jobs.inputs.entry`` dicts; ``fetch_bytes`` runs in read
+``index_unit`` turns one unit of work (a chunk of listed images, or container files) into index rows; it runs
+in the planner's index tasks (``index_*`` return ``jobs.inputs.entry`` dicts). ``fetch_bytes`` runs in read
 tasks and returns each row's encoded image bytes (or a status and error) using the locator in the index.
+``build_index`` indexes a whole (small) input in this process.
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs import storage
-from jobs.inputs import IMAGE_EXTS, InputError, InputOptions, entry, stable_id
+from jobs.inputs import (IMAGE_EXTS, INDEX_SCHEMA, INPUT_FORMATS, InputError, InputOptions, distinct_inputs, entry,
+                         image_rows, scan_input, stable_id)
 from pipeline.uri import NotRegularFile
 from schemas import Status
 
@@ -158,3 +162,35 @@ def _fetch_one(r: Dict, bytes_column: str, cache: Dict) -> Optional[bytes]:
     if r["offset"] >= 0:
         return storage.read_bytes(r["path"], r["offset"], r["offset"] + r["length"])
     return storage.read_bytes(r["path"])
+
+
+def index_unit(kind: str, unit: List, options: InputOptions) -> pa.Table:
+    """The index rows (``INDEX_SCHEMA``) of one unit of work: a chunk of listed images (``(uri, not_regular)``
+    pairs), or a list of container files."""
+    if kind == "images":
+        rows = image_rows(unit)
+    elif kind == "parquet":
+        rows = index_parquet(unit, options)
+    elif kind == "webdataset":
+        rows = index_webdataset(unit)
+    elif kind == "manifest":
+        rows = index_manifest(unit, options)
+    else:
+        raise InputError(f"--input-format {kind!r}; valid: {', '.join(INPUT_FORMATS)}")
+    return pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
+
+
+def build_index(uri: str, fmt: str, options: InputOptions = InputOptions()) -> pa.Table:
+    """The whole index (``INDEX_SCHEMA``) of ``uri`` in this process, sorted by ``image_id``: for small inputs
+    and tests (the job plans with ``jobs.planner``, which never holds the index in one process).
+
+    Raises ``InputError`` if the input does not exist, holds no inputs, or repeats an image id.
+    """
+    chunks: List[List[Tuple[str, Optional[str]]]] = []
+    kind, files = scan_input(uri, fmt, chunks.append)
+    units = chunks if kind == "images" else [[f] for f in files]
+    tables = [index_unit(kind, u, options) for u in units]
+    table = pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table()
+    if table.num_rows == 0:
+        raise InputError(f"input {uri} ({kind}): no inputs found")
+    return distinct_inputs(table, uri)

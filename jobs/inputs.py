@@ -170,24 +170,6 @@ def image_rows(chunk: List[Tuple[str, Optional[str]]]) -> List[Dict]:
     return [_image_entry(u, not_regular) for u, not_regular in chunk]
 
 
-def index_unit(kind: str, unit: List, options: InputOptions) -> pa.Table:
-    """The index rows (``INDEX_SCHEMA``) of one unit of work: a chunk of listed images (``(uri, not_regular)``
-    pairs), or a list of container files."""
-    from jobs import containers
-
-    if kind == "images":
-        rows = image_rows(unit)
-    elif kind == "parquet":
-        rows = containers.index_parquet(unit, options)
-    elif kind == "webdataset":
-        rows = containers.index_webdataset(unit)
-    elif kind == "manifest":
-        rows = containers.index_manifest(unit, options)
-    else:
-        raise InputError(f"--input-format {kind!r}; valid: {', '.join(INPUT_FORMATS)}")
-    return pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
-
-
 def distinct_inputs(table: pa.Table, what: str) -> pa.Table:
     """``table`` sorted by (image_id, source_uri) with repeated (image_id, source_uri) pairs kept once (the same
     URI listed twice is one input). Raises ``InputError`` naming up to 5 ids that still repeat (two different
@@ -208,19 +190,3 @@ def distinct_inputs(table: pa.Table, what: str) -> pa.Table:
             examples = pc.unique(ids.slice(1).filter(dup)).to_pylist()[:5]
             raise InputError(f"input {what}: duplicate image ids {examples} (ids must be unique per input)")
     return table
-
-
-def build_index(uri: str, fmt: str, options: InputOptions = InputOptions()) -> pa.Table:
-    """The whole index (``INDEX_SCHEMA``) of ``uri`` in this process, sorted by ``image_id``: for small inputs
-    and tests (the job plans with ``jobs.planner``, which never holds the index in one process).
-
-    Raises ``InputError`` if the input does not exist, holds no inputs, or repeats an image id.
-    """
-    chunks: List[List[Tuple[str, Optional[str]]]] = []
-    kind, files = scan_input(uri, fmt, chunks.append)
-    units = chunks if kind == "images" else [[f] for f in files]
-    tables = [index_unit(kind, u, options) for u in units]
-    table = pa.concat_tables(tables) if tables else INDEX_SCHEMA.empty_table()
-    if table.num_rows == 0:
-        raise InputError(f"input {uri} ({kind}): no inputs found")
-    return distinct_inputs(table, uri)

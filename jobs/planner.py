@@ -32,7 +32,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs import storage
-from jobs.inputs import INDEX_SCHEMA, InputError, InputOptions, distinct_inputs, index_unit, scan_input
+from jobs.containers import index_unit
+from jobs.inputs import INDEX_SCHEMA, InputError, InputOptions, distinct_inputs, scan_input
 from pipeline import uri as uris
 from schemas import layout
 

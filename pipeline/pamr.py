@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from pipeline import pamr_native
 
-_OFFSETS = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]  # the 8 neighbours
+NEIGHBOUR_OFFSETS = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]  # the 8 neighbours
 
 
 def _shifts(x: torch.Tensor, d: int, offsets: Sequence[Tuple[int, int]]) -> List[torch.Tensor]:
@@ -26,10 +26,10 @@ def _shifts(x: torch.Tensor, d: int, offsets: Sequence[Tuple[int, int]]) -> List
 
 def pamr_affinity(image: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
     """Neighbour weights (B, 8·len(dilations), H, W), softmax over neighbours, from a guide (B, 3, H, W)."""
-    around = _OFFSETS[:4] + [(0, 0)] + _OFFSETS[4:]  # raster order of the 3x3 window
+    around = NEIGHBOUR_OFFSETS[:4] + [(0, 0)] + NEIGHBOUR_OFFSETS[4:]  # raster order of the 3x3 window
     window = torch.stack([s for d in dilations for s in _shifts(image, d, around)], dim=2)  # (B, 3, 9·nd, H, W)
     std = window.std(dim=2, keepdim=True)  # (B, 3, 1, H, W) unbiased, pooled over all dilations
-    neigh = torch.stack([s for d in dilations for s in _shifts(image, d, _OFFSETS)], dim=2)  # (B, 3, 8·nd, H, W)
+    neigh = torch.stack([s for d in dilations for s in _shifts(image, d, NEIGHBOUR_OFFSETS)], dim=2)  # (B, 3, 8·nd, H, W)
     aff = -(image.unsqueeze(2) - neigh).abs() / (1e-8 + 0.1 * std)
     return torch.softmax(aff.mean(dim=1), dim=1)  # (B, 8·nd, H, W)
 
@@ -42,7 +42,7 @@ def _iterate(mask: torch.Tensor, weights: torch.Tensor, steps: int, dilations: S
     """
     h, w = mask.shape[-2:]
     m = max(dilations)
-    taps = [(m + dy * d, m + dx * d) for d in dilations for dy, dx in _OFFSETS]
+    taps = [(m + dy * d, m + dx * d) for d in dilations for dy, dx in NEIGHBOUR_OFFSETS]
     for _ in range(steps):
         padded = F.pad(mask, [m] * 4, mode="replicate")  # (b, q, H+2m, W+2m)
         y0, x0 = taps[0]
@@ -73,7 +73,7 @@ def pamr(image: torch.Tensor, mask: torch.Tensor, steps: int, dilations: Sequenc
         mask = F.interpolate(mask, size=image.shape[-2:], mode="bilinear", align_corners=True)
     lib = pamr_native.for_device(mask.device, native)
     if lib is not None:
-        dy, dx = pamr_native.taps(dilations, _OFFSETS)
+        dy, dx = pamr_native.taps(dilations, NEIGHBOUR_OFFSETS)
         weights = pamr_native.affinity(lib, image, dilations)  # the kernel's layout (pamr_native.layout_shape)
         return pamr_native.iterate(lib, mask, weights, steps, dy, dx)
     weights = pamr_affinity(image, dilations)  # (B, P, H, W)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import pamr_native
-from pipeline.pamr import _OFFSETS, pamr
+from pipeline.pamr import NEIGHBOUR_OFFSETS, pamr
 from pipeline.resize import bilinear_matrix, resize_bilinear
 
 
@@ -60,7 +60,7 @@ def preliminary_labels(image: torch.Tensor, grid_logits: torch.Tensor, steps: in
         probs = torch.softmax(logits * logit_scale, dim=1)
         return patch_labels(probs, temp_thd, patch)
     gh, gw = grid_logits.shape[-2:]
-    dy, dx = pamr_native.taps(dilations, _OFFSETS)
+    dy, dx = pamr_native.taps(dilations, NEIGHBOUR_OFFSETS)
     weights = pamr_native.affinity(lib, image.float(), dilations)
     return pamr_native.patch_labels(lib, grid_logits, bilinear_matrix(gh, size[0]), bilinear_matrix(gw, size[1]),
                                     weights, steps, dy, dx, logit_scale, temp_thd, patch)

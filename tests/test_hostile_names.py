@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jobs.inputs import InputError, build_index, list_files
+from jobs.containers import build_index
+from jobs.inputs import InputError, list_files
 from tests.job_fixtures import committed_rows, run_cli, s3_client
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.inputs import InputError, build_index, detect_format
+from jobs.containers import build_index
+from jobs.inputs import InputError, detect_format
 from tests.job_fixtures import assert_masks_match_inprocess, committed_rows, run_cli, sample_files
 
 FILES = {n: d for n, (d, _) in sample_files().items()}

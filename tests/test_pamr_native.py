@@ -14,7 +14,7 @@ import torch
 
 from pipeline import ConfigError
 from pipeline import pamr_native as native
-from pipeline.pamr import _OFFSETS, pamr, pamr_affinity
+from pipeline.pamr import NEIGHBOUR_OFFSETS, pamr, pamr_affinity
 
 needs_compiler = pytest.mark.skipif(native.find_compiler() is None, reason="no C++ compiler on this machine")
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def test_kernel_equals_torch(b, q, h, w, msize, dilations, steps):
     assert got.shape == ref.shape == (b, q, h, w)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     # with the torch weights the iterations alone are the same sums in the same order: bit-equal
-    dy, dx = native.taps(dilations, _OFFSETS)
+    dy, dx = native.taps(dilations, NEIGHBOUR_OFFSETS)
     resized = torch.nn.functional.interpolate(mask, size=(h, w), mode="bilinear", align_corners=True)
     direct = native.iterate(lib, resized, ref_w, steps, dy, dx)
     assert torch.equal(direct, pamr(img, mask, steps, dilations, native=False))
@@ -192,7 +192,7 @@ def test_fused_preliminary_labels_equal_torch_chain(b, q, h, w, scale, thd):
     probs = torch.softmax(pamr(img, resize_bilinear(grid, (h, w)), 10, native=False) * scale, dim=1)
     ref = patch_labels(probs, thd, (16, 16))
     lib = native.required_kernel()
-    dy, dx = native.taps((8, 16), _OFFSETS)
+    dy, dx = native.taps((8, 16), NEIGHBOUR_OFFSETS)
     labels, top, arg = native.patch_labels(lib, grid, bilinear_matrix(h // 16, h), bilinear_matrix(w // 16, w),
                                            native.affinity(lib, img, (8, 16)), 10, dy, dx, scale, thd, (16, 16),
                                            pixels=True)
@@ -217,7 +217,7 @@ def test_fused_labels_refuse_mismatched_shapes():
 
     lib = native.required_kernel()
     img, grid = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 2, 2)
-    dy, dx = native.taps((8, 16), _OFFSETS)
+    dy, dx = native.taps((8, 16), NEIGHBOUR_OFFSETS)
     with pytest.raises(ValueError, match="PAMR labels kernel"):
         native.patch_labels(lib, grid, bilinear_matrix(2, 32), bilinear_matrix(3, 32),
                             native.affinity(lib, img, (8, 16)), 10, dy, dx, 40.0, 0.1, (16, 16))
