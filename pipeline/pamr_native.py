@@ -36,7 +36,7 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -145,26 +145,30 @@ def build_kernel(cache_dir: Optional[Path] = None, compiler: Optional[str] = Non
     return target
 
 
+_I64, _PTR, _ERR = ctypes.c_int64, ctypes.c_void_p, ctypes.c_char_p
+# The C signatures of the kernel's exported functions (csrc/pamr_cpu.cpp, ``extern "C"``): name → (return
+# type, argument types). ctypes cannot check them against the library, so tests/test_pamr_native.py parses the
+# .cpp and pins this table to it (a drift would be silent undefined behaviour).
+SIGNATURES: Dict[str, Tuple[type, List[type]]] = {
+    "reslabel_pamr_vector_width": (_I64, []),
+    "reslabel_pamr_threads": (_I64, []),
+    "reslabel_pamr_f32": (ctypes.c_int, [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _PTR, _PTR, _I64, _ERR,
+                                         _I64]),
+    "reslabel_pamr_labels_f32": (ctypes.c_int, [_PTR, _I64, _I64, _I64, _I64, _PTR, _PTR, _I64, _I64, _PTR, _I64,
+                                                _PTR, _PTR, _I64, ctypes.c_float, ctypes.c_float, _I64, _I64, _PTR,
+                                                _PTR, _PTR, _ERR, _I64]),
+    "reslabel_sfr_valid_paths": (ctypes.c_int, [_PTR, _I64, _I64, _I64, _PTR, _PTR, _I64, _PTR, _ERR, _I64]),
+    "reslabel_resize_f32": (ctypes.c_int, [_PTR, _I64, _I64, _I64, _PTR, _I64, _PTR, _I64, _PTR, _ERR, _I64]),
+    "reslabel_pamr_weights_f32": (ctypes.c_int, [_PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, _PTR, _ERR, _I64]),
+}
+
+
 def load_kernel(path: Path) -> ctypes.CDLL:
-    """Load a built kernel and declare its C signatures."""
+    """Load a built kernel and declare its C signatures (``SIGNATURES``)."""
     lib = ctypes.CDLL(str(path))
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.reslabel_pamr_vector_width.restype = i64
-    lib.reslabel_pamr_vector_width.argtypes = []
-    lib.reslabel_pamr_threads.restype = i64
-    lib.reslabel_pamr_threads.argtypes = []
-    lib.reslabel_pamr_f32.restype = ctypes.c_int
-    lib.reslabel_pamr_f32.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i64, ptr, ptr, i64, ctypes.c_char_p, i64]
-    lib.reslabel_pamr_labels_f32.restype = ctypes.c_int
-    lib.reslabel_pamr_labels_f32.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr, i64, i64, ptr, i64, ptr, ptr, i64,
-                                             ctypes.c_float, ctypes.c_float, i64, i64, ptr, ptr, ptr,
-                                             ctypes.c_char_p, i64]
-    lib.reslabel_sfr_valid_paths.restype = ctypes.c_int
-    lib.reslabel_sfr_valid_paths.argtypes = [ptr, i64, i64, i64, ptr, ptr, i64, ptr, ctypes.c_char_p, i64]
-    lib.reslabel_resize_f32.restype = ctypes.c_int
-    lib.reslabel_resize_f32.argtypes = [ptr, i64, i64, i64, ptr, i64, ptr, i64, ptr, ctypes.c_char_p, i64]
-    lib.reslabel_pamr_weights_f32.restype = ctypes.c_int
-    lib.reslabel_pamr_weights_f32.argtypes = [ptr, ptr, i64, i64, i64, i64, i64, i64, ptr, ctypes.c_char_p, i64]
+    for name, (restype, argtypes) in SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, list(argtypes)
     return lib
 
 

@@ -235,3 +235,34 @@ def test_valid_paths_kernel_equals_torch(grid, classes):
     labels[1] = torch.randint(0, classes, grid, generator=g)  # and speckle
     assert torch.equal(valid_paths(labels, grid, native=True), valid_paths(labels, grid, native=False))
     assert torch.equal(sfr_matrix(labels, 5.0), sfr_matrix(labels, 5.0))
+
+
+def _cpp_exports() -> dict:
+    """name → (return type, [parameter types]) of every function in the kernel source's ``extern "C"`` block,
+    parsed from the text (no compiler needed)."""
+    import re
+
+    src = (Path(native.__file__).parent / "csrc" / "pamr_cpu.cpp").read_text()
+    block = src[src.index('extern "C" {'):src.index('}  // extern "C"')]
+    out = {}
+    for ret, name, params in re.findall(r"^(int64_t|int|void)\s+(reslabel_\w+)\(([^)]*)\)\s*\{", block, re.M):
+        types = []
+        for p in filter(None, (x.strip() for x in params.split(","))):
+            decl = " ".join(p.split()[:-1]) + ("*" if "*" in p.split()[-1] else "")  # drop the parameter name
+            types.append(decl.replace(" *", "*").replace("const ", ""))
+        out[name] = (ret, types)
+    return out
+
+
+def test_ctypes_signatures_match_the_cpp_source():
+    import ctypes
+
+    c_to_ctypes = {"int64_t": ctypes.c_int64, "int": ctypes.c_int, "float": ctypes.c_float, "char*": ctypes.c_char_p}
+    exports = _cpp_exports()
+    assert set(exports) == set(native.SIGNATURES), "exported functions and Python declarations differ"
+    for name, (ret, params) in exports.items():
+        restype, argtypes = native.SIGNATURES[name]
+        assert restype is c_to_ctypes[ret], (name, ret, restype)
+        expected = [ctypes.c_void_p if p.endswith("*") and p != "char*" else c_to_ctypes[p] for p in params]
+        assert list(argtypes) == expected, (name, params, argtypes)
+    assert len(exports["reslabel_pamr_labels_f32"][1]) == 23  # the parser sees multi-line parameter lists
