@@ -138,9 +138,11 @@ def label_shards(todo: Sequence[int], *, read_fn: Callable, read_kwargs: Dict[st
                         yield r
             if time.monotonic() - last_log >= dispatch.progress_every_s:
                 last_log = time.monotonic()
-                log.info("labeled %d of %d shards (%d images, %.1f images/s); %d of %d actors working", len(seen),
-                         len(todo), rows, rows / max(last_log - t0, 1e-9), sum(s.probe is None for s in slots),
-                         len(slots))
+                states = actor_states([s.actor for s in slots])
+                log.info("labeled %d of %d shards (%d images, %.1f images/s); actors: %s", len(seen), len(todo), rows,
+                         rows / max(last_log - t0, 1e-9), ", ".join(f"{n} {k}" for k, n in sorted(states.items())))
+                if not seen and "ALIVE" not in states:
+                    log.warning(waiting_hint(states, dispatch.actor_options))
     finally:
         for slot in slots:
             ray.kill(slot.actor, no_restart=True)
@@ -220,6 +222,30 @@ def _restarting(actor) -> bool:
         return actor._get_local_state() == gcs_pb2.ActorTableData.ActorState.RESTARTING
     except (AttributeError, ImportError):
         return False
+
+
+def actor_states(actors: Sequence[Any]) -> Dict[str, int]:
+    """How many of ``actors`` are in each Ray actor state (``ALIVE``, ``PENDING_CREATION``, ``RESTARTING``, ...),
+    from this process's local view (no RPC); ``UNKNOWN`` where Ray does not say."""
+    try:
+        from ray.core.generated import gcs_pb2
+
+        names = gcs_pb2.ActorTableData.ActorState.Name
+    except (AttributeError, ImportError):
+        return {"UNKNOWN": len(actors)}
+    out: Dict[str, int] = collections.Counter()
+    for a in actors:
+        state = getattr(a, "_get_local_state", lambda: None)()
+        out[names(state) if state is not None else "UNKNOWN"] += 1
+    return dict(out)
+
+
+def waiting_hint(states: Dict[str, int], actor_options: Dict[str, Any]) -> str:
+    """The warning for a run whose segment actors have not started: what they wait for and what they ask."""
+    asked = ", ".join(f"{k}={v}" for k, v in sorted(actor_options.items())) or "no resources"
+    return (f"no segment actor has started yet ({', '.join(f'{n} {k}' for k, n in sorted(states.items()))}); "
+            f"each asks for {asked}: check that the cluster's nodes offer that (ray status), or that the "
+            "model is still loading")
 
 
 def free_cpus(reserved: float) -> Optional[int]:

@@ -112,3 +112,25 @@ def test_ray_actor_state_accessor_pinned(ray_local, tmp_path):
     assert gcs_pb2.ActorTableData.ActorState.RESTARTING != gcs_pb2.ActorTableData.ActorState.ALIVE
     assert _restarting(actor) is False
     ray.kill(actor)
+
+
+def test_actor_states_and_the_hint_for_actors_that_cannot_start(ray_local, tmp_path):
+    import time
+
+    import ray
+
+    from jobs.dispatch import actor_states, waiting_hint
+
+    alive = ray.remote(ToyActor).options(num_cpus=0.1).remote(str(tmp_path))
+    stuck = ray.remote(ToyActor).options(num_cpus=0.1, resources={"no_such_slot": 1}).remote(str(tmp_path))
+    ray.get(alive.ready.remote())
+    deadline = time.time() + 30
+    while actor_states([stuck]).get("UNKNOWN") and time.time() < deadline:
+        time.sleep(0.2)
+    states = actor_states([alive, stuck])
+    assert states.get("ALIVE") == 1 and sum(states.values()) == 2, states
+    (pending,) = [k for k in states if k != "ALIVE"]
+    assert pending in ("PENDING_CREATION", "DEPENDENCIES_UNREADY"), states
+    hint = waiting_hint(actor_states([stuck]), {"num_cpus": 0.1, "resources": {"no_such_slot": 1}})
+    assert "no segment actor has started yet" in hint and "no_such_slot" in hint and pending in hint
+    ray.kill(alive), ray.kill(stuck)
