@@ -64,7 +64,7 @@ def test_s3_run_survives_a_removed_worker_node(cluster, moto_endpoint, model_arg
     c, workers, caches = cluster
     storage.apply_endpoint(moto_endpoint)
     bucket = f"rl-mn-{uuid.uuid4().hex[:8]}"
-    names = write_images(tmp_path / "in", 40, seed=4)
+    names = write_images(tmp_path / "in", 60, seed=4)
     upload_dir(moto_endpoint, tmp_path / "in", bucket, "images")
     s3 = s3_client(moto_endpoint)
     for key, path in (("models/tiny.pt", tiny_weights), ("vocab/v.txt", tiny_vocab_file)):
@@ -84,7 +84,9 @@ def test_s3_run_survives_a_removed_worker_node(cluster, moto_endpoint, model_arg
         deadline = time.time() + 400
         while proc.poll() is None and time.time() < deadline:
             listed = s3.list_objects_v2(Bucket=bucket, Prefix="labels/runs/multinode/part-").get("Contents", [])
-            if len(listed) >= 2:
+            # remove w2 once parts are being committed and its actor is up (it fetched the weights): labeling
+            # starts as soon as one actor is ready, and on a loaded machine w2's may still be loading the model
+            if len(listed) >= 2 and list((caches / "w2" / "weights").glob("*-tiny.pt")):
                 c.remove_node(workers[1], allow_graceful=False)
                 removed.append(len(listed))
                 return
@@ -92,7 +94,7 @@ def test_s3_run_survives_a_removed_worker_node(cluster, moto_endpoint, model_arg
     rc = _job(args, tmp_path / "job.log", on_running=remove_a_worker_mid_run)
     log = (tmp_path / "job.log").read_text(errors="replace")
     assert rc == 0, log[-3000:]
-    assert removed and removed[0] < 10, f"the node was not removed mid-run ({removed})"
+    assert removed and removed[0] < 15, f"the node was not removed mid-run ({removed} of 15 parts)"
     rows = committed_rows(out)
     assert collections.Counter(r["source_uri"].rsplit("/", 1)[-1] for r in rows) == collections.Counter(names)
     assert {r["status"] for r in rows} == {"ok"}
