@@ -92,14 +92,12 @@ def label_shards(todo: Sequence[int], *, read_fn: Callable, read_kwargs: Dict[st
             now = time.monotonic()
             for slot in [s for s in retry if retry[s] <= now]:  # probe again those whose last probe failed
                 del retry[slot]
-                slot.probe = slot.actor.ready.remote()
-                owner[slot.probe] = slot
+                _probe(slot, owner)
             for slot in slots:  # a restarting actor's calls would wait for it (for ever if its node is gone)
                 if slot.probe is None and slot.calls and _restarting(slot.actor):
                     log.warning("a segment actor is restarting; its %d shard(s) go to the others", len(slot.calls))
                     _requeue(slot, owner, waiting)
-                    slot.probe = slot.actor.ready.remote()
-                    owner[slot.probe] = slot
+                    _probe(slot, owner)
             wait_s = min([dispatch.poll_s] + [t - now for t in retry.values()])
             if not owner:  # every actor is between probes: nothing to wait on but the clock
                 time.sleep(max(wait_s, 0.0))
@@ -127,8 +125,7 @@ def label_shards(todo: Sequence[int], *, read_fn: Callable, read_kwargs: Dict[st
                     else:
                         log.warning("a segment actor died (%s); its shards go to the others, Ray restarts it",
                                     _last_line(e))
-                        slot.probe = slot.actor.ready.remote()
-                        owner[slot.probe] = slot
+                        _probe(slot, owner)
                     continue
                 init_deaths = 0
                 for r in results:
@@ -152,6 +149,12 @@ def _read(shard: int, read_args: Tuple[Callable, Dict[str, Any]]):
     """Ray task: ``read_fn(shard, **read_kwargs)`` (the pair travels as one object, put once)."""
     read_fn, read_kwargs = read_args
     return read_fn(shard, **read_kwargs)
+
+
+def _probe(slot: _Slot, owner: Dict[Any, _Slot]) -> None:
+    """Stop giving ``slot`` work until its actor answers ``ready`` (``_probed`` handles the answer)."""
+    slot.probe = slot.actor.ready.remote()
+    owner[slot.probe] = slot
 
 
 def _probed(slot: _Slot, ref, retry: Dict[_Slot, float]) -> None:
