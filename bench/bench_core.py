@@ -20,10 +20,11 @@ from typing import Callable, Dict, List
 
 import torch
 
-from pipeline import ModelConfig, pamr_native
-from pipeline.dense import DenseParams, crop_logits, embed
-from pipeline.models import TORCH_DTYPES, build_model, vision_parts
-from pipeline.variants import get_variant
+from pipeline import ModelConfig
+from pipeline.kernels import native
+from pipeline.method.dense import DenseParams, crop_logits, embed
+from pipeline.method.variants import get_variant
+from pipeline.model.clip import TORCH_DTYPES, build_model, vision_parts
 
 VARIANTS = ["none/vanilla", "none/sclip", "none/clearclip", "none/naclip", "rcs/naclip", "sfr/naclip", "resclip/naclip"]
 
@@ -43,12 +44,14 @@ def _interleaved_medians(fns: Dict[str, Callable[[], object]], repeats: int) -> 
 
 
 def machine_info() -> Dict[str, object]:
-    return {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "pamr_kernel_cpu": "native" if pamr_native.kernel() is not None else "torch",
-            "pamr_kernel_threads": pamr_native.threads(pamr_native.kernel()) if pamr_native.kernel() is not None else None,
-            "cpu_flags": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in pamr_native._cpu_flags().split()]}
+            "pamr_kernel_cpu": "native" if native.kernel() is not None else "torch",
+            "pamr_kernel_threads": native.threads(native.kernel()) if native.kernel() is not None else None,
+            "cpu_flags": [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+                          if f in native._cpu_flags().split()]}
 
 
 def run(arch: str, queries: List[int], dtypes: List[str], batches: List[int], size: tuple, repeats: int,
@@ -81,7 +84,8 @@ def run(arch: str, queries: List[int], dtypes: List[str], batches: List[int], si
                     return run
 
                 fns: Dict[str, Callable[[], object]] = {"trunk": trunk}
-                fns.update({name: method(DenseParams(get_variant(*name.split("/")), temp_thd=0.1)) for name in variants})
+                fns.update({name: method(DenseParams(get_variant(*name.split("/")), temp_thd=0.1))
+                            for name in variants})
                 med = _interleaved_medians(fns, repeats)
                 for name, t in med.items():
                     rows.append(dict(dtype=dtype, queries=q, batch=b, size=list(size), variant=name,

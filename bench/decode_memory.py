@@ -82,8 +82,8 @@ def main() -> None:
     import ray
 
     from jobs.runner import decode_memory
-    from pipeline.decode import DEFAULT_MAX_PIXELS
-    from pipeline.presets import get_preset
+    from pipeline.io.decode import DEFAULT_MAX_PIXELS
+    from pipeline.method.presets import get_preset
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", help="also write the JSON here")

@@ -32,7 +32,8 @@ from jobs.stages import SegmentStage
 class StandIn(SegmentStage):
     def __init__(self, *, provenance, run_id, **_):
         self.provenance = {{k: provenance[k] for k in ("method", "base", "preset", "model", "weights_digest",
-                                                        "vocabulary_hash", "config_hash", "code_version")}}
+                                                        "vocabulary_hash", "segmenter_hash", "job_hash", \
+"code_version")}}
         self.run_id, self.exclude = run_id, set()
 
     def _segment(self, recs):
@@ -42,7 +43,8 @@ runner.SegmentStage = StandIn
 c0 = time.process_time()
 s = runner.run_job(config_from_args(json.loads({job_args!r})))
 print(json.dumps(dict(rows=s["rows"], images_per_second=s["attempt"]["images_per_second"],
-                      label_seconds=s["attempt"]["label_seconds"], driver_cpu_seconds_whole_job=round(time.process_time() - c0, 2),
+                      label_seconds=s["attempt"]["label_seconds"], \
+driver_cpu_seconds_whole_job=round(time.process_time() - c0, 2),
                       driver_peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))))
 '''
 
@@ -66,7 +68,8 @@ def main() -> None:
         if done.returncode:
             raise SystemExit(f"the old checkout's job failed:\n{done.stderr[-4000:]}")
         old = json.loads(done.stdout.strip().splitlines()[-1])
-        new_job = job_scale._label_args(tmp / "jpegs", tmp / "out-new", tmp, argparse.Namespace(shard_size=a.shard_size))
+        new_job = job_scale._label_args(tmp / "jpegs", tmp / "out-new", tmp,
+                                        argparse.Namespace(shard_size=a.shard_size))
         new = job_scale.run_child("_label", ["--stage", "standin", "--job-args", json.dumps(new_job)])
     commit = subprocess.run(["git", "-C", a.checkout, "rev-parse", "--short=12", "HEAD"], capture_output=True,
                             text=True).stdout.strip()

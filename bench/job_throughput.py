@@ -23,7 +23,6 @@ import threading
 import time
 from typing import Dict, List
 
-
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -44,7 +43,7 @@ def make_weights(arch: str, path: pathlib.Path) -> str:
     import open_clip
     import torch
 
-    from pipeline.models import resolve_arch
+    from pipeline.model.clip import resolve_arch
 
     arch_arg = str(ROOT / "tests" / "data" / "tiny-vit.json") if arch == "tiny" else arch
     torch.manual_seed(0)
@@ -72,7 +71,7 @@ def _tree_rss(root: int) -> int:
     for pid in tree:
         try:
             with open(f"/proc/{pid}/status") as f:
-                total += next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS:"))
+                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
         except (OSError, StopIteration):
             pass
     return total
@@ -105,17 +104,17 @@ def in_process(images: pathlib.Path, job_args: List[str], threads: int) -> Dict:
     import torch
 
     from jobs.label import config_from_args
-    from pipeline.decode import decode_image
+    from pipeline.io.decode import decode_image
+    from pipeline.labels.segments import segments_from_labels
     from pipeline.segmenter import Segmenter
-    from pipeline.segments import segments_from_labels
 
     cfg = config_from_args(["--input", str(images), "--output", "unused", *job_args])
     torch.set_num_threads(threads)
     seg = Segmenter.build(cfg.segmenter_config(), cfg.model_config())
     files = sorted(images.iterdir())
     t0 = time.perf_counter()
-    for i in range(0, len(files), cfg.batch_size):
-        batch = [decode_image(p.read_bytes()).image for p in files[i:i + cfg.batch_size]]
+    for i in range(0, len(files), cfg.images_per_call):
+        batch = [decode_image(p.read_bytes()).image for p in files[i:i + cfg.images_per_call]]
         for res in seg.segment(batch):
             segments_from_labels(res.labels, seg.class_names, res.class_scores)
     dt = time.perf_counter() - t0
@@ -129,15 +128,16 @@ def main() -> None:
     ap.add_argument("--preset", default="voc21")
     ap.add_argument("--dtype", default="fp32")
     ap.add_argument("--cpus-per-actor", type=int, default=1)
-    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--images-per-call", type=int, default=4)
     ap.add_argument("--out")
     a = ap.parse_args()
     work = pathlib.Path(tempfile.mkdtemp(prefix="reslabel-bench-"))
     arch = make_weights(a.arch, work / "weights.pt")
     common = ["--preset", a.preset, "--model", arch, "--weights", str(work / "weights.pt"), "--dtype", a.dtype,
-              "--cpus-per-actor", str(a.cpus_per_actor), "--batch-size", str(a.batch_size), "--shard-size", "64"]
-    report = dict(arch=a.arch, preset=a.preset, dtype=a.dtype, cpus_per_actor=a.cpus_per_actor, cpu_count=os.cpu_count(),
-                  runs=[])
+              "--cpus-per-actor", str(a.cpus_per_actor), "--images-per-call", str(a.images_per_call),
+              "--shard-size", "64"]
+    report = dict(arch=a.arch, preset=a.preset, dtype=a.dtype, cpus_per_actor=a.cpus_per_actor,
+                  cpu_count=os.cpu_count(), runs=[])
     for n in a.sizes:
         images = work / f"images-{n}"
         make_images(images, n)
@@ -147,7 +147,8 @@ def main() -> None:
         job_ips = success["attempt"]["images_per_second"]
         report["runs"].append(dict(images=n, job=dict(job, label_images_per_second=job_ips,
                                                       stage_seconds_summed=success["stage_seconds_summed"]),
-                                   in_process=ref, ratio_job_over_in_process=round(job_ips / ref["images_per_second"], 3)))
+                                   in_process=ref,
+                                   ratio_job_over_in_process=round(job_ips / ref["images_per_second"], 3)))
         print(json.dumps(report["runs"][-1]), file=sys.stderr)
     text = json.dumps(report, indent=2)
     print(text)

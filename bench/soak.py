@@ -5,7 +5,8 @@ same ``--run-id`` resumed) on the tiny test model; reports rows lost / duplicate
 
 Each trial: fresh input folder and output, ``--kills-per-trial`` kills (each, by a seeded coin: at a
 uniform random time in [--min-s, --max-s] seconds after launch, or 0-3 s after that launch commits a
-part file), then a resume that must exit 0 and commit every input exactly once. CI runs the short version (``tests/test_reliability_crashes.py``).
+part file), then a resume that must exit 0 and commit every input exactly once. CI runs the short
+version (``tests/test_reliability_crashes.py``).
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ def _model_files(d: pathlib.Path) -> list:
     (d / "vocab.txt").write_text("sky, wall, tree\ncat\ndog, puppy\nperson\n")
     (d / "templates.txt").write_text("a photo of a {}.\na bad photo of the {}.\n")
     return ["--preset", "voc21", "--model", TINY_ARCH, "--weights", str(d / "tiny.pt"), "--vocabulary",
-            str(d / "vocab.txt"), "--templates", str(d / "templates.txt"), "--batch-size", "2", "--read-threads", "4"]
+            str(d / "vocab.txt"), "--templates", str(d / "templates.txt"), "--images-per-call", "2",
+            "--read-threads", "4"]
 
 
 def trial(i: int, rng: random.Random, work: pathlib.Path, model_args: list, a) -> dict:

@@ -67,7 +67,7 @@ def read_manifest(run: str) -> Optional[Dict]:
 
 
 def list_runs(output: str) -> List[Dict]:
-    """Every registered run under OUTPUT: ``{run_id, uri, config_hash, committed}``, by run id."""
+    """Every registered run under OUTPUT: ``{run_id, uri, job_hash, committed}``, by run id."""
     out = []
     for uri in storage.list_dir(storage.join(output, layout.RUNS)):
         run_id = uri.rstrip("/").rsplit("/", 1)[-1]
@@ -75,21 +75,21 @@ def list_runs(output: str) -> List[Dict]:
         if not names & {layout.PLAN_MANIFEST, layout.LEGACY_PLAN}:
             continue
         meta = read_manifest(uri)
-        out.append(dict(run_id=run_id, uri=uri, config_hash=meta["config_hash"], committed=layout.SUCCESS in names))
+        out.append(dict(run_id=run_id, uri=uri, job_hash=layout.job_hash_of(meta), committed=layout.SUCCESS in names))
     return out
 
 
-def find_unfinished(output: str, config_hash: str, exclude_run: Optional[str] = None) -> List[str]:
+def find_unfinished(output: str, job_hash: str, exclude_run: Optional[str] = None) -> List[str]:
     return [r["run_id"] for r in list_runs(output)
-            if r["config_hash"] == config_hash and not r["committed"] and r["run_id"] != exclude_run]
+            if r["job_hash"] == job_hash and not r["committed"] and r["run_id"] != exclude_run]
 
 
-def committed_part_uris(output: str, config_hash: str) -> List[str]:
-    """The part files of the committed runs of ``config_hash`` (from their ``_SUCCESS.json``): what a new run of
+def committed_part_uris(output: str, job_hash: str) -> List[str]:
+    """The part files of the committed runs of ``job_hash`` (from their ``_SUCCESS.json``): what a new run of
     the config must not label again."""
     out = []
     for run in list_runs(output):
-        if run["committed"] and run["config_hash"] == config_hash:
+        if run["committed"] and run["job_hash"] == job_hash:
             success = storage.read_json(storage.join(run["uri"], layout.SUCCESS))
             out += [storage.join(run["uri"], f["name"]) for f in success["files"]]
     return out
@@ -172,7 +172,8 @@ def success_record(run_id: str, run: str, manifest: Dict, parts: List[Dict], att
     top = sorted(errors.values(), key=lambda g: (-g[2], g[0], g[1]))[:TOP_ERRORS]
     parts = sorted(parts, key=lambda p: p["shard"])
     return dict(run_id=run_id, run_uri=run, schema_version=SCHEMA_VERSION, layout=layout.LAYOUT_VERSION,
-                config_hash=manifest["config_hash"], files=[{"name": p["name"], "rows": p["rows"]} for p in parts],
+                job_hash=layout.job_hash_of(manifest), segmenter_hash=manifest.get("segmenter_hash"),
+                files=[{"name": p["name"], "rows": p["rows"]} for p in parts],
                 rows=sum(p["rows"] for p in parts), by_status=dict(by_status),
                 top_errors=[dict(status=s, message=m, count=c, example=e) for s, m, c, e in top],
                 stage_seconds_summed=dict(stages), attempt=attempt, categories=manifest["categories"],

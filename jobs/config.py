@@ -8,12 +8,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from jobs.inputs import INPUT_FORMATS
-from pipeline import pamr_native
 from pipeline.config import DTYPES, ConfigError, ModelConfig, SegmenterConfig
-from pipeline.decode import DEFAULT_MAX_PIXELS
+from pipeline.io.decode import DEFAULT_MAX_PIXELS
+from pipeline.kernels import native
 
 RUN_ID_MAX_CHARS = 128
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # ASCII; a folder name on every file system and object store
@@ -47,6 +47,7 @@ class LabelJobConfig:
     templates: Optional[str] = None  # prompt templates file/URI (None: the 80 ImageNet templates)
     method: str = "resclip"
     base: str = "naclip"
+    overrides: Optional[Dict[str, Any]] = None  # SegmenterConfig fields over the preset's (--set KEY=VALUE)
     model: str = "ViT-B-16"  # open_clip name or a JSON config path
     pretrained: Optional[str] = None
     weights: Optional[str] = None
@@ -58,7 +59,7 @@ class LabelJobConfig:
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0  # also the torch thread count of a CPU actor
     actor_resources: Optional[Dict[str, float]] = None  # custom Ray resources per segment actor (node pinning)
-    batch_size: int = 4  # images per segmenter call inside an actor (an actor gets whole shards)
+    images_per_call: int = 4  # images per segmenter call inside an actor (an actor gets whole shards)
     shard_size: int = 256  # images per committed part file, per read task and per actor call
     read_threads: int = 8  # objects a read task fetches at a time
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -82,7 +83,7 @@ class LabelJobConfig:
             raise ConfigError("give only one of --pretrained TAG, --weights URI, --random-weights")
         if self.retry not in RETRY_POLICIES:
             raise ConfigError(f"--retry {self.retry!r}; valid: {', '.join(RETRY_POLICIES)}")
-        for name in ("num_actors", "batch_size", "shard_size", "read_threads", "max_pixels"):
+        for name in ("num_actors", "images_per_call", "shard_size", "read_threads", "max_pixels"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0 (got {getattr(self, name)})")
         if self.gpus_per_actor < 0 or self.cpus_per_actor <= 0:
@@ -90,21 +91,22 @@ class LabelJobConfig:
         if not 0.0 <= self.max_error_rate <= 1.0:
             raise ConfigError(f"--max-error-rate {self.max_error_rate} must be a fraction in [0, 1]")
         for name, amount in (self.actor_resources or {}).items():
-            if not isinstance(name, str) or not name or isinstance(amount, bool) or not isinstance(amount, (int, float)) \
-                    or amount <= 0:
+            if not isinstance(name, str) or not name or isinstance(amount, bool) \
+                    or not isinstance(amount, (int, float)) or amount <= 0:
                 raise ConfigError(f"--actor-resources: {name!r}: {amount!r} must map a resource name to a number > 0")
         problem = None if self.run_id is None else run_id_problem(self.run_id)
         if problem:
             raise ConfigError(problem)
         self.segmenter_config()
-        pamr_native.kernel_mode()  # RESLABEL_PAMR_KERNEL, if set, must be a known value
+        native.kernel_mode()  # RESLABEL_PAMR_KERNEL, if set, must be a known value
         return self
 
     def segmenter_config(self) -> SegmenterConfig:
-        """The preset with the job's overrides; raises ``KeyError``/``ConfigError`` naming valid values."""
+        """The preset with the job's overrides (``--set``, then ``--vocabulary``/``--templates``); raises
+        ``KeyError``/``ConfigError`` naming valid values."""
         from pipeline import get_preset
 
-        overrides = {}
+        overrides = dict(self.overrides or {})
         if self.vocabulary is not None:
             overrides["vocabulary"] = self.vocabulary
         if self.templates is not None:

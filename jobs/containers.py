@@ -18,9 +18,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs import storage
-from jobs.inputs import (IMAGE_EXTS, INDEX_SCHEMA, INPUT_FORMATS, InputError, InputOptions, distinct_inputs, entry,
-                         image_rows, scan_input, stable_id)
-from pipeline.uri import NotRegularFile
+from jobs.inputs import (
+    IMAGE_EXTS,
+    INDEX_SCHEMA,
+    INPUT_FORMATS,
+    InputError,
+    InputOptions,
+    distinct_inputs,
+    entry,
+    image_rows,
+    scan_input,
+    stable_id,
+)
+from pipeline.io.uri import NotRegularFile
 from schemas import Status
 
 
@@ -32,7 +42,8 @@ def index_parquet(files: Sequence[str], options: InputOptions) -> List[Dict]:
             pf = pq.ParquetFile(f)
             names = pf.schema_arrow.names
             if options.bytes_column not in names:
-                raise InputError(f"{uri}: no image-bytes column {options.bytes_column!r} (columns: {names}); set --bytes-column")
+                raise InputError(f"{uri}: no image-bytes column {options.bytes_column!r} (columns: {names}); "
+                                 "set --bytes-column")
             has_id = options.id_column in names
             for rg in range(pf.num_row_groups):
                 n = pf.metadata.row_group(rg).num_rows
@@ -99,7 +110,8 @@ def index_manifest(files: Sequence[str], options: InputOptions) -> List[Dict]:
         t = _read_table(uri)
         ucol = options.uri_column or next((c for c in URI_COLUMNS if c in t.column_names), None)
         if ucol not in t.column_names:
-            raise InputError(f"manifest {uri}: no URI column (looked for {options.uri_column or URI_COLUMNS}; has {t.column_names})")
+            raise InputError(f"manifest {uri}: no URI column (looked for {options.uri_column or URI_COLUMNS}; "
+                             f"has {t.column_names})")
         icol = next((c for c in (options.id_column, *ID_COLUMNS) if c in t.column_names), None)
         uris = t.column(ucol).to_pylist()
         ids = t.column(icol).to_pylist() if icol else [None] * len(uris)

@@ -11,14 +11,14 @@ validation set (use a GPU machine for the full sets).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-from pipeline.datasets import BENCHMARKS, get_benchmark
-from pipeline.evaluation import default_out_dir, evaluate, run_predictor, segmenter_predictor, write_report
-from pipeline.metrics import LabelError
-from pipeline.reader import UNLABELED, RunNotCommitted, open_run
+from jobs import options
+from pipeline.evaluation.benchmarks import BENCHMARKS, get_benchmark
+from pipeline.evaluation.metrics import LabelError
+from pipeline.evaluation.protocol import default_out_dir, evaluate, run_predictor, segmenter_predictor, write_report
+from pipeline.labels.reader import UNLABELED, RunNotCommitted, open_run
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -27,49 +27,22 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--data-root", required=True, help="mmseg data_root of the benchmark (e.g. VOCdevkit/VOC2012)")
     p.add_argument("--run", help="score this labeling run instead of running the segmenter")
     p.add_argument("--allow-partial", action="store_true", help="with --run: accept a run without _SUCCESS.json")
-    p.add_argument("--preset", help="segmenter preset (default: the benchmark's)")
-    p.add_argument("--method", default="resclip", help="resclip | rcs | sfr | none")
-    p.add_argument("--base", default="naclip", help="naclip | sclip | clearclip | vanilla")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="SegmenterConfig overrides, values as JSON (e.g. slide_crop=224 rcs_weights=[2.0,0.3])")
-    w = p.add_mutually_exclusive_group()
-    w.add_argument("--pretrained", help="open_clip pretrained tag (needs internet), e.g. openai")
-    w.add_argument("--weights", help="local path or URI of CLIP weights (OpenAI .pt, open_clip checkpoint)")
-    w.add_argument("--random-init", action="store_true", help="random weights: protocol smoke test only")
-    p.add_argument("--arch", default="ViT-B-16", help="open_clip architecture name or JSON config path")
-    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"))
-    p.add_argument("--device", default="auto")
+    options.add_segmenter_options(p, preset_help=" (default: the benchmark's)")
+    options.add_model_options(p)
     p.add_argument("--text-cache", help="where to cache text embeddings (path or URI)")
     p.add_argument("--limit", type=int, help="evaluate only the first N images (sorted by name)")
     p.add_argument("--out-dir", help="report directory (default eval/<benchmark>-<time>)")
     args = p.parse_args(argv)
-    if not args.run and not (args.pretrained or args.weights or args.random_init):
-        p.error("give weights (--weights PATH | --pretrained TAG | --random-init) or an existing --run")
+    if not args.run and not options.has_weights(args):
+        p.error("give weights (--weights PATH | --pretrained TAG | --random-weights) or an existing --run")
     return args
 
 
-def parse_overrides(pairs: List[str]) -> Dict[str, Any]:
-    """``["key=json", ...]`` → SegmenterConfig overrides (JSON lists become tuples; non-JSON stays a string)."""
-    out = {}
-    for item in pairs:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            v = json.loads(value)
-        except json.JSONDecodeError:
-            v = value
-        out[key] = tuple(v) if isinstance(v, list) else v
-    return out
-
-
 def _build_segmenter(args: argparse.Namespace):
-    from pipeline import ModelConfig, get_preset
     from pipeline.segmenter import Segmenter
 
-    cfg = get_preset(args.preset or args.benchmark, method=args.method, base=args.base, **parse_overrides(args.set))
-    mc = ModelConfig(arch=args.arch, pretrained=args.pretrained, weights=args.weights,
-                     random_init=args.random_init, dtype=args.dtype, device=args.device)
+    cfg = options.segmenter_config(args, args.preset or args.benchmark)
+    mc = options.model_config(args)
     return Segmenter.build(cfg, mc, text_cache=args.text_cache), {"segmenter": cfg.to_dict(), "model": mc.to_dict()}
 
 
@@ -89,7 +62,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         predict, names, allow_unlabeled, extra = _predictor(args, bench)
         scores = evaluate(bench, args.data_root, names, predict, limit=args.limit,
                           allow_unlabeled_pred=allow_unlabeled, log=lambda m: print(m, file=sys.stderr))
-    except (RunNotCommitted, LabelError, FileNotFoundError, KeyError, ValueError) as e:
+    except (RunNotCommitted, LabelError, FileNotFoundError, KeyError, ValueError) as e:  # ConfigError too
         print(f"evaluation failed: {e}", file=sys.stderr)
         return 2
     json_uri, md_uri = write_report(scores, args.out_dir or default_out_dir(bench.name), extra)

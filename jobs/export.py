@@ -13,8 +13,8 @@ import argparse
 import sys
 from typing import List, Optional
 
-from pipeline.export import write_coco, write_label_pngs
-from pipeline.reader import UNLABELED, RunNotCommitted, open_run
+from pipeline.labels.export import write_coco, write_label_pngs
+from pipeline.labels.reader import UNLABELED, RunNotCommitted, open_run
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

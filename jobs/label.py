@@ -1,4 +1,4 @@
-"""CLI: label images with ResCLIP on Ray (read tasks + a segment actor pool), COCO-RLE Parquet out, exactly once and resumable.
+"""CLI: label images with ResCLIP on Ray (read tasks + segment actor pool) to COCO-RLE Parquet, exactly once, resumable.
 
     python -m jobs.label --input s3://bucket/images/ --output s3://bucket/labels/ --preset voc21
 
@@ -14,51 +14,41 @@ import re
 import sys
 from typing import List, Optional
 
+from jobs import options
 from jobs.config import RETRY_POLICIES, LabelJobConfig
 from jobs.inputs import INPUT_FORMATS, InputError
 from jobs.runner import JobError
-from pipeline.config import DTYPES, ConfigError
-from pipeline.models import WeightsError
-from pipeline.pamr_native import KernelBuildError
-
+from pipeline.config import ConfigError
+from pipeline.kernels.native import KernelBuildError
+from pipeline.model.clip import WeightsError
 
 SMOKE_WARNING = ("!" * 78 + "\n!! SMOKE MODE (--random-weights): random CLIP weights. The job, the files and the\n"
-                 "!! schema are real, but the LABELS ARE MEANINGLESS. Rows carry weights_digest random:...\n" + "!" * 78)
+                 "!! schema are real, but the LABELS ARE MEANINGLESS. Rows carry weights_digest random:...\n"
+                 + "!" * 78)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline.presets import list_presets
-    from pipeline.variants import BASES, METHODS
-
     p = argparse.ArgumentParser(prog="python -m jobs.label", description=__doc__.split("\n")[0])
     a = p.add_argument
     a("--input", required=True, help="prefix, glob, file or manifest URI (local path or s3://)")
     a("--output", required=True, help="output root; runs go to OUTPUT/runs/<run_id>/")
-    a("--preset", required=True, choices=list_presets(), help="benchmark preset (sizes, thresholds, vocabulary)")
     a("--input-format", default="auto", choices=INPUT_FORMATS)
-    a("--vocabulary", help="class file/URI overriding the preset's (one class per line, ', ' synonyms)")
-    a("--templates", help="prompt templates file/URI (default: the 80 ImageNet templates)")
-    a("--method", default="resclip", choices=list(METHODS), help="resclip = RCS + SFR on the base")
-    a("--base", default="naclip", choices=list(BASES), help="training-free CLIP segmentation base")
-    a("--model", default="ViT-B-16", help="open_clip architecture name or a JSON config path")
-    w = p.add_mutually_exclusive_group()
-    w.add_argument("--pretrained", help="open_clip pretrained tag (default: openai)")
-    w.add_argument("--weights", help="weights file/URI (OpenAI state dict, TorchScript, open_clip .pt/.safetensors)")
-    w.add_argument("--random-weights", action="store_true",
-                   help="offline smoke mode: random CLIP weights; the pipeline runs but the LABELS ARE MEANINGLESS")
-    a("--dtype", default="fp32", choices=DTYPES)
-    a("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    a("--run-id", help="resume this run, or start it under this id (default: resume this config's unfinished run, else new)")
+    options.add_segmenter_options(p, preset_required=True)
+    options.add_model_options(p, weights_help=" (the default when no weights are given)")
+    a("--run-id", help="resume this run, or start it under this id "
+                       "(default: resume this config's unfinished run, else new)")
     a("--num-actors", type=int, default=1)
     a("--gpus-per-actor", type=float, default=0.0)
     a("--cpus-per-actor", type=float, default=1.0, help="also the torch thread count on CPU")
     a("--actor-resources", type=_json_object, metavar="JSON",
       help='custom Ray resources per segment actor, e.g. \'{"gpu_node": 1}\' to pin actors to a node type')
-    a("--batch-size", type=int, default=4, help="images per segmenter call inside an actor (actors get whole shards)")
+    a("--images-per-call", type=int, default=LabelJobConfig.images_per_call,
+      help="images per segmenter call inside an actor (actors get whole shards); crops per trunk forward are "
+           "--set crops_per_forward=N")
+    options.add_alias(p, "--batch-size", "images_per_call", type=int)
     a("--shard-size", type=int, default=256, help="images per committed part file, per read task and per actor call")
     a("--read-threads", type=int, default=LabelJobConfig.read_threads, help="objects a read task fetches at a time")
-    a("--read-batch-size", dest="read_threads", type=int, default=argparse.SUPPRESS, help="deprecated: read tasks now take whole shards; "
-      "its value sets --read-threads")
+    options.add_alias(p, "--read-batch-size", "read_threads", type=int)
     a("--max-pixels", type=int, default=LabelJobConfig.max_pixels, help="refuse larger images (status too_large)")
     a("--background", default="auto", help="auto | none | CLASS_NAME: class left out of segments")
     a("--retry", default="transient", choices=sorted(RETRY_POLICIES), help="failed statuses a later run retries")
@@ -87,6 +77,7 @@ def _json_object(text: str) -> dict:
 
 def config_from_args(argv: Optional[List[str]] = None) -> LabelJobConfig:
     ns = vars(build_parser().parse_args(argv))
+    ns["overrides"] = options.parse_overrides(ns["overrides"]) or None
     return LabelJobConfig(**ns).validate()
 
 
@@ -146,14 +137,15 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def format_summary(s: dict) -> str:
     if not s.get("run_id"):
-        return f"nothing to label: every input is already committed (config {s.get('config_hash')})"
+        return f"nothing to label: every input is already committed (config {s.get('job_hash')})"
     a = s.get("attempt", {})
     lines = [f"run {s['run_id']}: {s['rows']} rows committed in {len(s['files'])} parts",
              f"  output: {s.get('run_uri', '?')}",
              f"  this attempt: {a.get('images_labeled', 0)} images in {a.get('label_seconds', 0)} s "
              f"({a.get('images_per_second', 0)} images/s), total {a.get('wall_seconds', 0)} s",
              "  by status: " + json.dumps(s["by_status"], sort_keys=True),
-             "  stage seconds (summed over images): " + json.dumps({k: round(v, 2) for k, v in s["stage_seconds_summed"].items()})]
+             "  stage seconds (summed over images): "
+             + json.dumps({k: round(v, 2) for k, v in s["stage_seconds_summed"].items()})]
     top = s.get("top_errors") or []
     if top:
         lines.append("  top errors:")

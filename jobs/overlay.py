@@ -18,10 +18,10 @@ from typing import List, Optional
 
 import numpy as np
 
-from jobs.evaluate import parse_overrides
-from pipeline.label_dataset import LabeledImageDataset, load_rgb
-from pipeline.overlay import contact_sheet, overlay_image
-from pipeline.reader import UNLABELED, RunNotCommitted, class_pixel_totals, open_run
+from jobs import options
+from pipeline.labels.dataset import LabeledImageDataset, load_rgb
+from pipeline.labels.overlay import contact_sheet, overlay_image
+from pipeline.labels.reader import UNLABELED, RunNotCommitted, class_pixel_totals, open_run
 
 DEFAULT_TEXT_CACHE = "~/.cache/reslabel/text_embeddings"  # a vocabulary is encoded once, then read back
 
@@ -41,22 +41,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     g.add_argument("--images", help="read pixels from DIR/<basename of source_uri> instead of source_uri")
     g.add_argument("--fill-excluded", action="store_true", help="paint the class the job dropped (background)")
     g.add_argument("--allow-partial", action="store_true")
-    m = p.add_argument_group("one image (--image)")
-    m.add_argument("--preset", default="voc21")
-    m.add_argument("--vocabulary", help="class-name file (one class per line, synonyms comma-separated)")
-    m.add_argument("--templates", help="prompt-template file ({} = class name)")
-    m.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="SegmenterConfig overrides (JSON)")
-    w = m.add_mutually_exclusive_group()
-    w.add_argument("--weights")
-    w.add_argument("--pretrained")
-    w.add_argument("--random-init", action="store_true")
-    m.add_argument("--text-cache", default=DEFAULT_TEXT_CACHE,
-                   help="directory/URI caching text embeddings per vocabulary ('none' disables)")
-    m.add_argument("--arch", default="ViT-B-16")
-    m.add_argument("--dtype", default="fp32")
+    options.add_segmenter_options(p, preset_default="voc21", preset_help=" (--image)")
+    options.add_model_options(p)
+    p.add_argument("--text-cache", default=DEFAULT_TEXT_CACHE,
+                   help="--image: directory/URI caching text embeddings per vocabulary ('none' disables)")
     args = p.parse_args(argv)
-    if args.image and not (args.weights or args.pretrained or args.random_init):
-        p.error("--image needs --weights PATH, --pretrained TAG or --random-init")
+    if args.image and not options.has_weights(args):
+        p.error("--image needs --weights PATH, --pretrained TAG or --random-weights")
     return args
 
 
@@ -80,16 +71,10 @@ def sheet(args: argparse.Namespace):
 
 def one_image(args: argparse.Namespace):
     """Segment ``args.image`` in-process and draw its overlay (PIL image)."""
-    from pipeline import ModelConfig, get_preset
     from pipeline.segmenter import Segmenter
 
-    overrides = parse_overrides(args.set)
-    for key in ("vocabulary", "templates"):
-        if getattr(args, key):
-            overrides[key] = getattr(args, key)
-    cfg = get_preset(args.preset, **overrides)
-    mc = ModelConfig(arch=args.arch, weights=args.weights, pretrained=args.pretrained,
-                     random_init=args.random_init, dtype=args.dtype)
+    cfg = options.segmenter_config(args)
+    mc = options.model_config(args)
     cache = None if args.text_cache in (None, "", "none") else os.path.expanduser(args.text_cache)
     seg = Segmenter.build(cfg, mc, text_cache=cache)
     image = load_rgb(args.image)
@@ -99,8 +84,7 @@ def one_image(args: argparse.Namespace):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from pipeline import uri as uris
-
+    from pipeline.io import uri as uris
     args = parse_args(argv)
     try:
         picture = sheet(args) if args.run else one_image(args)

@@ -14,7 +14,7 @@
 
 Tasks exchange files, not objects: Ray would inline small task results into their owner, the driver. What the
 driver holds is a few integers per (unit, bucket): memory O(input files + buckets), never O(images). An image
-prefix is listed once, page by page (``pipeline.uri.iter_files``); ``--input-format auto`` decides the kind from
+prefix is listed once, page by page (``pipeline.io.uri.iter_files``); ``--input-format auto`` decides the kind from
 that same listing. The staging files are deleted once the plan is written.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from jobs import storage
 from jobs.containers import index_unit
 from jobs.inputs import INDEX_SCHEMA, InputError, InputOptions, distinct_inputs, scan_input
-from pipeline import uri as uris
+from pipeline.io import uri as uris
 from schemas import layout
 
 log = logging.getLogger("reslabel.plan")

@@ -17,9 +17,9 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 from jobs import cluster, commit, storage
 from jobs.config import RETRY_POLICIES, LabelJobConfig
+from jobs.dispatch import Dispatch, free_cpus, label_shards
 from jobs.inputs import InputError, InputOptions
 from jobs.planner import Indexed, PlanLocator, Planner
-from jobs.dispatch import Dispatch, free_cpus, label_shards
 from jobs.stages import SegmentStage, read_shard
 from schemas import layout
 from schemas.version import code_version
@@ -55,33 +55,31 @@ class JobError(RuntimeError):
 
 def _prepare(seg_cfg, mc, vocab, cache_uri: str, row_options: Dict, background: str, threads: int,
              s3_endpoint: Optional[str]) -> Dict:
-    """Ray task: load the model once, read the cached text embeddings or compute them, and the provenance.
+    """Ray task: ``pipeline.prepare`` (the model once, the cached text embeddings or computed ones, the
+    provenance), plus the job's hash over the segmenter's hash and the options that change rows.
 
     The driver writes a freshly computed cache (this task may run on a node whose disk it cannot see)."""
     import torch
 
-    from pipeline.models import build_model
-    from pipeline.segmenter import Segmenter
-    from pipeline.segments import background_ids
-    from pipeline.text import encode_vocabulary
+    from pipeline.labels.segments import background_ids
+    from pipeline.prepare import prepare
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("pipeline").setLevel(logging.INFO)  # text-encoding progress reaches the driver's log
     storage.apply_endpoint(s3_endpoint)
     if not torch.cuda.is_available():
         torch.set_num_threads(max(1, threads))
-    net, digest = build_model(mc)
-    te = encode_vocabulary(mc, vocab, net, digest, cache_uri=cache_uri, write_cache=False)
-    prov = Segmenter(seg_cfg, mc, net, digest, vocab, te).provenance()
+    prepared = prepare(seg_cfg, mc, vocabulary=vocab, text_cache=cache_uri, write_cache=False)
+    prov = prepared.provenance
     exclude = background_ids(seg_cfg.vocabulary, vocab.class_names, background)
-    job_hash = hashlib.sha256(json.dumps([prov["config_hash"], row_options, exclude]).encode()).hexdigest()[:16]
-    return dict(text=te, provenance={**prov, "config_hash": job_hash}, class_names=list(vocab.class_names),
+    job_hash = hashlib.sha256(json.dumps([prov["segmenter_hash"], row_options, exclude]).encode()).hexdigest()[:16]
+    return dict(text=prepared.text, provenance={**prov, "job_hash": job_hash}, class_names=list(vocab.class_names),
                 exclude=exclude)
 
 
 def _write_text_cache(cache_uri: str, te) -> None:
     """Write the text embeddings the prepare task computed, from the driver, unless already cached."""
-    from pipeline.text import cache_target
+    from pipeline.model.text import cache_target
 
     target = cache_target(cache_uri, te.key)
     if not storage.exists(target):
@@ -104,9 +102,9 @@ def _init_ray(cfg: LabelJobConfig) -> bool:
     return True
 
 
-def _choose_run(cfg: LabelJobConfig, output: str, config_hash: str) -> str:
+def _choose_run(cfg: LabelJobConfig, output: str, job_hash: str) -> str:
     """The run id to (re)start: explicit, this config's single unfinished run, or a new timestamped id."""
-    unfinished = commit.find_unfinished(output, config_hash, exclude_run=cfg.run_id)
+    unfinished = commit.find_unfinished(output, job_hash, exclude_run=cfg.run_id)
     if cfg.run_id is not None:
         if unfinished:
             raise JobError(f"run(s) {unfinished} of this config are unfinished; resume with --run-id {unfinished[0]} "
@@ -122,8 +120,10 @@ def _choose_run(cfg: LabelJobConfig, output: str, config_hash: str) -> str:
 
 def _manifest(cfg, run_id: str, prep: Dict, seg_cfg, mc, planned) -> Dict:
     """The run's registration (``_plan.json``): config, provenance, categories and the plan files."""
-    return dict(layout=layout.LAYOUT_VERSION, run_id=run_id, config_hash=prep["provenance"]["config_hash"],
-                provenance=prep["provenance"], categories=[{"id": i, "name": n} for i, n in enumerate(prep["class_names"])],
+    return dict(layout=layout.LAYOUT_VERSION, run_id=run_id, job_hash=prep["provenance"]["job_hash"],
+                segmenter_hash=prep["provenance"]["segmenter_hash"],
+                provenance=prep["provenance"],
+                categories=[{"id": i, "name": n} for i, n in enumerate(prep["class_names"])],
                 excluded_category_ids=prep["exclude"], shard_size=cfg.shard_size, rows=planned.rows,
                 shards=-(-planned.rows // cfg.shard_size), input_kind=planned.kind, plan_files=planned.files,
                 config={"job": cfg.to_dict(), "segmenter": seg_cfg.to_dict(), "model": mc.to_dict()},
@@ -133,18 +133,18 @@ def _manifest(cfg, run_id: str, prep: Dict, seg_cfg, mc, planned) -> Dict:
 def _register(cfg, output: str, planner: Planner, indexed: Optional[Indexed], attempt: str, prep: Dict, seg_cfg,
               mc) -> Tuple[Optional[str], Optional[Dict]]:
     """Find or create the run to work on: ``(run_id, manifest)``, or ``(None, None)`` when nothing is left."""
-    config_hash = prep["provenance"]["config_hash"]
-    run_id = _choose_run(cfg, output, config_hash)
+    job_hash = prep["provenance"]["job_hash"]
+    run_id = _choose_run(cfg, output, job_hash)
     run = commit.run_uri(output, run_id)
     manifest = commit.read_manifest(run)
     if manifest is not None:
-        if manifest["config_hash"] != config_hash:
-            raise JobError(f"run {run_id} was planned with config {manifest['config_hash']}, this job is "
-                           f"{config_hash}; use a new --run-id")
+        if layout.job_hash_of(manifest) != job_hash:
+            raise JobError(f"run {run_id} was planned with config {layout.job_hash_of(manifest)}, this job is "
+                           f"{job_hash}; use a new --run-id")
         return run_id, manifest
     if indexed is None:  # a registered run was expected here (see run_job)
         raise JobError(f"run {run_id} is not registered any more under {output}")
-    planned = planner.write_plan(indexed, run, attempt, cfg.shard_size, commit.committed_part_uris(output, config_hash))
+    planned = planner.write_plan(indexed, run, attempt, cfg.shard_size, commit.committed_part_uris(output, job_hash))
     if planned.rows == 0:
         return None, None
     manifest = _manifest(cfg, run_id, prep, seg_cfg, mc, planned)
@@ -171,7 +171,8 @@ def _label(cfg, run: str, plan: PlanLocator, todo: List[int], prep: Dict, text_r
     actor_kwargs = dict(seg_config=seg_cfg, model_config=mc, vocabulary=vocab, text_embeddings=text_ref,
                         provenance=prep["provenance"], run_id=metadata[layout.META_RUN_ID],
                         exclude_ids=prep["exclude"], torch_threads=int(cfg.cpus_per_actor),
-                        images_per_call=cfg.batch_size, run=run, part_metadata=metadata, s3_endpoint=cfg.s3_endpoint)
+                        images_per_call=cfg.images_per_call, run=run, part_metadata=metadata,
+                        s3_endpoint=cfg.s3_endpoint)
     return label_shards(todo, read_fn=read_shard, read_kwargs=read_kwargs, actor_cls=segment_stage,
                         actor_kwargs=actor_kwargs, dispatch=dispatch)
 
@@ -184,8 +185,8 @@ def run_job(cfg: LabelJobConfig, *, segment_stage: type = SegmentStage) -> Dict:
     stage; only ``bench/job_scale.py`` replaces it (a stand-in that skips the model, to time the machinery)."""
     import ray
 
-    from pipeline.models import check_weights, inline_arch
-    from pipeline.vocabulary import Vocabulary
+    from pipeline.model.clip import check_weights, inline_arch
+    from pipeline.model.vocabulary import Vocabulary
 
     t0 = time.perf_counter()
     cfg.validate()
@@ -225,8 +226,9 @@ def run_job(cfg: LabelJobConfig, *, segment_stage: type = SegmentStage) -> Dict:
         finally:
             planner.discard(staging)
         if run_id is None:
-            log.warning("nothing to label: every input is committed for config %s", prep["provenance"]["config_hash"])
-            return dict(run_id=None, rows=0, new_images=0, config_hash=prep["provenance"]["config_hash"])
+            log.warning("nothing to label: every input is committed for config %s", prep["provenance"]["job_hash"])
+            return dict(run_id=None, rows=0, new_images=0, job_hash=prep["provenance"]["job_hash"],
+                        segmenter_hash=prep["provenance"]["segmenter_hash"])
         return _label_and_commit(cfg, output, run_id, manifest, prep, seg_cfg, mc, vocab, t0, t_prepare,
                                  segment_stage)
     finally:

@@ -110,8 +110,8 @@ def write_parts(batch: pa.Table, *, run: str, metadata: Dict[str, str]) -> List[
 
 
 def _decode_one(r: Dict, fetched, seg_config, max_pixels: int) -> Dict:
-    from pipeline.decode import decode_image
-    from pipeline.preprocess import ImageError, rescale_size, resize_for_config
+    from pipeline.io.decode import decode_image
+    from pipeline.method.preprocess import ImageError, rescale_size, resize_for_config
 
     if r["pre_status"]:
         return dict(status=r["pre_status"], error=r["pre_error"])
@@ -155,9 +155,10 @@ class SegmentStage:
         own = self.seg.provenance()
         for k in ("weights_digest", "vocabulary_hash", "method", "base", "preset"):
             if own[k] != provenance[k]:
-                raise RuntimeError(f"actor built a different segmenter than planned: {k} {own[k]!r} != {provenance[k]!r}")
+                raise RuntimeError(f"actor built a different segmenter than planned: "
+                                   f"{k} {own[k]!r} != {provenance[k]!r}")
         self.provenance = {k: provenance[k] for k in ("method", "base", "preset", "model", "weights_digest",
-                                                       "vocabulary_hash", "config_hash", "code_version")}
+                                                       "vocabulary_hash", "segmenter_hash", "job_hash", "code_version")}
         self.run_id = run_id
         self.exclude = set(exclude_ids)
         self.patch = tuple(self.seg.vision.patch_size)
@@ -202,7 +203,8 @@ class SegmentStage:
             if r["status"] != Status.OK.value:
                 continue
             if r["rh"] < self.patch[0] or r["rw"] < self.patch[1]:
-                out[i] = (Status.TOO_SMALL.value, f"resized to {r['rh']}x{r['rw']}, smaller than one {self.patch} patch")
+                out[i] = (Status.TOO_SMALL.value,
+                          f"resized to {r['rh']}x{r['rw']}, smaller than one {self.patch} patch")
             else:
                 idx.append(i)
         images = [self._pixels(recs[i]) for i in idx]
@@ -221,7 +223,7 @@ class SegmentStage:
     def _pixels(self, rec: Dict) -> np.ndarray:
         """A record's image at the preset's size: the shipped pixels, resized here when the read task sent the
         (smaller) decoded image; the same ``resize_for_config`` either way."""
-        from pipeline.preprocess import resize_for_config
+        from pipeline.method.preprocess import resize_for_config
 
         img = np.frombuffer(rec["pixels"], np.uint8).reshape(rec["ph"], rec["pw"], 3)
         if (rec["ph"], rec["pw"]) != (rec["rh"], rec["rw"]):
@@ -229,7 +231,7 @@ class SegmentStage:
         return img
 
     def _row(self, rec: Dict, res, now: datetime.datetime) -> Dict:
-        from pipeline.segments import segments_from_labels
+        from pipeline.labels.segments import segments_from_labels
 
         common = dict(image_id=rec["image_id"], source_uri=rec["source_uri"], width=rec["width"],
                       height=rec["height"], run_id=self.run_id, labeled_at=now, **self.provenance)

@@ -1,6 +1,6 @@
 """Object-storage helpers for the job: local paths and s3:// (custom endpoint via AWS_ENDPOINT_URL).
 
-Built on ``pipeline.uri``: names are literal (no fsspec URL chains, no query strings) and only regular
+Built on ``pipeline.io.uri``: names are literal (no fsspec URL chains, no query strings) and only regular
 local files are read. Credentials are never handled here: s3fs/botocore read them from the environment
 or the instance. Writes of committed files are *no-clobber*: ``write_new`` refuses to replace an existing
 object, and local files appear atomically (temp file + hard link), so a reader never sees a partial file.
@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, Callable, List, Optional, Tuple
 
 import fsspec
 
-from pipeline import uri as uris
+from pipeline.io import uri as uris
 
 
 def apply_endpoint(endpoint: str | None) -> None:
@@ -43,7 +43,7 @@ def normalize(uri: str) -> str:
 
 
 def fs_for(uri: str) -> Tuple[fsspec.AbstractFileSystem, str]:
-    """(filesystem, path without scheme) for a URI or local path, taken literally (``pipeline.uri``)."""
+    """(filesystem, path without scheme) for a URI or local path, taken literally (``pipeline.io.uri``)."""
     return uris.filesystem(normalize(uri))
 
 

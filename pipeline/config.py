@@ -65,8 +65,8 @@ class SegmenterConfig:
     """
 
     preset: str = "custom"
-    method: str = "resclip"  # resclip | rcs | sfr | none  (see variants.METHODS)
-    base: str = "naclip"  # vanilla | sclip | clearclip | naclip  (see variants.BASES)
+    method: str = "resclip"  # resclip | rcs | sfr | none  (see pipeline.method.variants.METHODS)
+    base: str = "naclip"  # vanilla | sclip | clearclip | naclip  (see pipeline.method.variants.BASES)
     vocabulary: str = "voc21"  # a benchmark name (see vocabulary.BENCHMARK_VOCABULARIES) or a file path/URI
     templates: Optional[str] = None  # None: the 80 ImageNet templates; else a file path/URI, one per line
     resize_short: int = 336
@@ -87,15 +87,15 @@ class SegmenterConfig:
     pamr_steps: int = 0  # final PAMR on the original-size logits (NACLIP's default post-processing)
     pamr_dilations: Tuple[int, ...] = (8, 16)
     max_side_after_resize: int = 4096  # refuse images whose resized side exceeds this
-    batch_size: int = 8  # crops per trunk forward
+    crops_per_forward: int = 8  # crops (of one shape, from any images of a call) per trunk forward; not in the hash
 
     def validate(self) -> "SegmenterConfig":
-        from pipeline import variants  # local import: variants imports torch
+        from pipeline.method import variants  # local import: variants imports torch
 
         variants.get_variant(self.method, self.base)  # raises KeyError listing names
         _positive("resize_short", self.resize_short)
         _positive("resize_long", self.resize_long)
-        _positive("batch_size", self.batch_size)
+        _positive("crops_per_forward", self.crops_per_forward)
         if self.slide_crop < 0 or (self.slide_crop > 0 and self.slide_stride <= 0):
             raise ConfigError(
                 f"slide_crop={self.slide_crop}, slide_stride={self.slide_stride}: crop must be >= 0 "
@@ -126,9 +126,9 @@ class SegmenterConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     def label_hash(self) -> str:
-        """Hash of the fields that change labels (not batch size): part of the incremental-run key."""
+        """Hash of the fields that change labels (not ``crops_per_forward``): part of the incremental-run key."""
         d = self.to_dict()
-        d.pop("batch_size")
+        d.pop("crops_per_forward")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -6,8 +6,6 @@
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -16,18 +14,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline import pamr_native
 from pipeline.config import ModelConfig, SegmenterConfig
-from pipeline.dense import DenseParams, crop_logits
-from pipeline.models import arch_display_name, build_model, vision_parts
-from pipeline.pamr import pamr
-from pipeline.postprocess import PostParams, SegmentationResult, postprocess
-from pipeline.preprocess import ImageError, check_image, normalise, resize_for_config
-from pipeline.sliding_window import LogitAccumulator, Window, windows
-from pipeline.text import TextEmbeddings, encode_vocabulary
-from pipeline.variants import get_variant
-from pipeline.vocabulary import Vocabulary
-from schemas.version import code_version
+from pipeline.kernels import native
+from pipeline.kernels.pamr import pamr
+from pipeline.method.dense import DenseParams, crop_logits
+from pipeline.method.postprocess import PostParams, SegmentationResult, postprocess
+from pipeline.method.preprocess import ImageError, check_image, normalise, resize_for_config
+from pipeline.method.sliding_window import LogitAccumulator, Window, windows
+from pipeline.model.clip import vision_parts
+from pipeline.model.text import TextEmbeddings
+from pipeline.model.vocabulary import Vocabulary
+from pipeline.prepare import Prepared, prepare, provenance
 
 __all__ = ["Segmenter", "SegmentationResult"]
 
@@ -47,45 +44,34 @@ class Segmenter:
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self._text = text.embeddings.to(device=self.device, dtype=torch.float32)  # (Q, E); logits are float32
-        c = config
-        self.dense_params = DenseParams(get_variant(c.method, c.base), c.gaussian_std, tuple(c.rcs_layers),
-                                        tuple(c.rcs_weights), tuple(c.sfr_weights), c.temp_thd,
-                                        c.delete_same_entity, c.logit_scale)
-        self.post_params = PostParams(c.logit_scale, c.prob_thd, c.area_thd, vocabulary.query_to_class,
-                                      vocabulary.num_classes)
+        self.dense_params = DenseParams.from_config(config)
+        self.post_params = PostParams(logit_scale=config.logit_scale, prob_thd=config.prob_thd,
+                                      area_thd=config.area_thd, query_to_class=vocabulary.query_to_class,
+                                      num_classes=vocabulary.num_classes)
         self._local = threading.local()  # per calling thread: .out, the output buffer of _run
-        if self.device.type == "cpu" and (self.dense_params.variant.sfr or c.pamr_steps > 0):
-            pamr_native.kernel()  # build or load the fused PAMR kernel now, not inside the first batch
+        if self.device.type == "cpu" and (self.dense_params.variant.sfr or config.pamr_steps > 0):
+            native.kernel()  # build or load the fused PAMR kernel now, not inside the first batch
+
+    @classmethod
+    def from_prepared(cls, prepared: Prepared) -> "Segmenter":
+        p = prepared
+        return cls(p.config, p.model_config, p.model, p.weights_digest, p.vocabulary, p.text)
 
     @classmethod
     def build(cls, config: SegmenterConfig, model: ModelConfig, *, vocabulary: Optional[Vocabulary] = None,
               text_embeddings: Optional[TextEmbeddings] = None, text_cache: Optional[str] = None) -> "Segmenter":
-        """Validate the configs, load the vocabulary (before any model work; ``vocabulary`` when the caller
-        already read ``config.vocabulary``/``config.templates``), the model, and the text embeddings (given,
-        read from ``text_cache``, or computed)."""
-        config.validate()
-        model.validate()
-        vocab = vocabulary if vocabulary is not None else Vocabulary.load(config.vocabulary, config.templates)
-        if text_embeddings is not None and not text_embeddings.matches(vocab):
-            raise ValueError("text_embeddings were computed for another vocabulary than config.vocabulary")
-        net, digest = build_model(model)
-        if text_embeddings is None:
-            text_embeddings = encode_vocabulary(model, vocab, net, digest, cache_uri=text_cache)
-        return cls(config, model, net, digest, vocab, text_embeddings)
+        """``pipeline.prepare.prepare`` (validate, vocabulary, model, text embeddings given, cached or computed),
+        then the segmenter."""
+        return cls.from_prepared(prepare(config, model, vocabulary=vocabulary, text_embeddings=text_embeddings,
+                                         text_cache=text_cache))
 
     @property
     def class_names(self) -> List[str]:
         return list(self.vocabulary.class_names)
 
     def provenance(self) -> Dict[str, str]:
-        """Columns that identify how labels were made (all strings)."""
-        c = self.config
-        config_hash = hashlib.sha256(json.dumps(
-            [c.label_hash(), self.model_config.arch, self.weights_digest, self.model_config.dtype,
-             self.vocabulary.hash]).encode()).hexdigest()[:16]
-        return dict(method=c.method, base=c.base, preset=c.preset, model=arch_display_name(self.model_config.arch),
-                    weights_digest=self.weights_digest, vocabulary_hash=self.vocabulary.hash,
-                    config_hash=config_hash, code_version=code_version())
+        """Columns that identify how labels were made (all strings; see ``pipeline.prepare.provenance``)."""
+        return provenance(self.config, self.model_config, self.weights_digest, self.vocabulary)
 
     # ---- dense logits -------------------------------------------------------------------------
     def _buffer(self, shape: Tuple[int, ...]) -> torch.Tensor:
@@ -126,8 +112,8 @@ class Segmenter:
             for win in wins:
                 jobs[(win[1] - win[0], win[3] - win[2])].append((i, win))
         for shape_jobs in jobs.values():
-            for b0 in range(0, len(shape_jobs), c.batch_size):
-                chunk = shape_jobs[b0:b0 + c.batch_size]
+            for b0 in range(0, len(shape_jobs), c.crops_per_forward):
+                chunk = shape_jobs[b0:b0 + c.crops_per_forward]
                 crops = torch.stack([images[i][:, y1:y2, x1:x2] for i, (y1, y2, x1, x2) in chunk])
                 for (i, win), logit in zip(chunk, self._run(crops)):
                     accs[i].add(win, logit)

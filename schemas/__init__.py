@@ -4,6 +4,8 @@ This layer imports only pyarrow and the standard library; ``pipeline`` and ``job
 """
 from schemas.labels import (
     LABEL_SCHEMA,
+    LEGACY_COLUMNS,
+    LEGACY_SCHEMA,
     SCHEMA_VERSION,
     SEGMENT_TYPE,
     Status,
@@ -12,4 +14,5 @@ from schemas.labels import (
     validate_row,
 )
 
-__all__ = ["LABEL_SCHEMA", "SCHEMA_VERSION", "SEGMENT_TYPE", "Status", "make_row", "rows_to_table", "validate_row"]
+__all__ = ["LABEL_SCHEMA", "LEGACY_COLUMNS", "LEGACY_SCHEMA", "SCHEMA_VERSION", "SEGMENT_TYPE", "Status", "make_row",
+           "rows_to_table", "validate_row"]

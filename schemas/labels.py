@@ -11,7 +11,9 @@ from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "2.0"  # 2.0: config_hash became job_hash, and segmenter_hash was added
+# columns of schema 1.x runs under their current names (the reader renames them; see ``LEGACY_SCHEMA``)
+LEGACY_COLUMNS = {"config_hash": "job_hash"}
 
 
 class Status(str, enum.Enum):
@@ -64,13 +66,21 @@ LABEL_SCHEMA = pa.schema(
         pa.field("model", pa.string(), nullable=False),
         pa.field("weights_digest", pa.string(), nullable=False),
         pa.field("vocabulary_hash", pa.string(), nullable=False),
-        pa.field("config_hash", pa.string(), nullable=False),
+        # segmenter config + model + weights + dtype + vocabulary
+        pa.field("segmenter_hash", pa.string(), nullable=False),
+        # segmenter_hash + the job's row options: the incremental key
+        pa.field("job_hash", pa.string(), nullable=False),
         pa.field("code_version", pa.string(), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("labeled_at", pa.timestamp("us", tz="UTC"), nullable=False),
     ],
     metadata={"reslabel.schema_version": SCHEMA_VERSION},
 )
+
+# schema 1.x (before segmenter_hash/job_hash): read by ``pipeline.labels.reader`` for runs written then
+LEGACY_SCHEMA = pa.schema([pa.field("config_hash", pa.string(), nullable=False) if f.name == "job_hash" else f
+                           for f in LABEL_SCHEMA if f.name != "segmenter_hash"],
+                          metadata={"reslabel.schema_version": "1.0"})
 
 _STATUSES = {s.value for s in Status}
 
@@ -123,5 +133,6 @@ def rows_to_table(rows: Sequence[Mapping[str, Any]], metadata: Mapping[str, str]
     """Rows → a pyarrow Table with exactly ``LABEL_SCHEMA`` (plus extra key-value metadata)."""
     schema = LABEL_SCHEMA
     if metadata:
-        schema = schema.with_metadata({**(schema.metadata or {}), **{k.encode(): v.encode() for k, v in metadata.items()}})
+        schema = schema.with_metadata({**(schema.metadata or {}),
+                                       **{k.encode(): v.encode() for k, v in metadata.items()}})
     return pa.Table.from_pylist(list(rows), schema=schema)

@@ -1,4 +1,4 @@
-"""The on-disk contract of a labeling run, declared once: ``jobs/`` writes it, ``pipeline/reader.py`` and every
+"""The on-disk contract of a labeling run, declared once: ``jobs/`` writes it, ``pipeline/labels/reader.py`` and every
 other reader read it.
 
     OUTPUT/_text_cache/<key>.safetensors        text embeddings (content-keyed)
@@ -41,6 +41,12 @@ META_CONFIG = "reslabel.config"  # {"job", "segmenter", "model"}
 META_PROVENANCE = "reslabel.provenance"
 META_EXCLUDED = "reslabel.excluded_category_ids"
 META_PART_STATS = "reslabel.part_stats"  # {"by_status", "stage_seconds", "errors"}
+
+
+def job_hash_of(record: dict) -> str:
+    """The job hash of a run record (``_plan.json``, ``_SUCCESS.json``, a summary); records of schema 1.x runs
+    called it ``config_hash``."""
+    return record["job_hash"] if "job_hash" in record else record["config_hash"]
 
 
 def part_name(shard: int) -> str:

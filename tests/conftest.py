@@ -24,7 +24,7 @@ def make_openclip_model(arch: str, seed: int = 0):
     import open_clip
     import torch
 
-    from pipeline.models import resolve_arch
+    from pipeline.model.clip import resolve_arch
 
     name = resolve_arch(arch)
     torch.manual_seed(seed)

@@ -1,7 +1,7 @@
 """Builders for label runs and benchmark folders used by the consumer tests (reader/export/overlay/eval).
 
 A run is written the way the job writes one: rows from ``schemas.make_row`` with segments from
-``pipeline.segments.segments_from_labels`` (real pycocotools RLE), Parquet parts, ``_SUCCESS.json`` last.
+``pipeline.labels.segments.segments_from_labels`` (real pycocotools RLE), Parquet parts, ``_SUCCESS.json`` last.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.segments import segments_from_labels
+from pipeline.labels.segments import segments_from_labels
 from schemas import make_row, rows_to_table
 
 CLASSES = ["sky", "cat", "dog", "person"]
@@ -35,8 +35,8 @@ def label_row(image_id: str, source_uri: str, labels: Optional[np.ndarray], clas
               status: str = "ok", exclude: Sequence[int] = (), seed: int = 0) -> dict:
     """One schema row; ``labels=None`` with a failure ``status`` gives a failed row."""
     prov = dict(method="resclip", base="naclip", preset="custom", model="tiny", weights_digest="0" * 16,
-                vocabulary_hash="v" * 16, config_hash="c" * 16, code_version="test", run_id=RUN_ID,
-                labeled_at=dt.datetime(2026, 11, 23, tzinfo=dt.timezone.utc))
+                vocabulary_hash="v" * 16, segmenter_hash="s" * 16, job_hash="c" * 16, code_version="test",
+                run_id=RUN_ID, labeled_at=dt.datetime(2026, 11, 23, tzinfo=dt.timezone.utc))
     if labels is None:
         return make_row(image_id=image_id, source_uri=source_uri, width=None, height=None, status=status,
                         error="synthetic failure", **prov)

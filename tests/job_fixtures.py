@@ -54,7 +54,8 @@ def moto_endpoint():
         return
     port = _free_port()
     exe = os.path.join(os.path.dirname(sys.executable), "moto_server")
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.time() + 30
     while True:
         try:
@@ -143,7 +144,7 @@ def expected_status_by_name() -> Dict[str, str]:
 def model_args(tiny_arch, tiny_weights, tiny_vocab_file, tiny_templates_file) -> List[str]:
     return ["--preset", "voc21", "--model", tiny_arch, "--weights", tiny_weights, "--vocabulary", tiny_vocab_file,
             "--templates", tiny_templates_file, "--max-pixels", str(MAX_PIXELS), "--shard-size", "4",
-            "--batch-size", "4", "--read-threads", "4"]
+            "--images-per-call", "4", "--read-threads", "4"]
 
 
 def run_cli(args: List[str]) -> dict:
@@ -193,7 +194,7 @@ def assert_masks_match_inprocess(rows: List[dict], files: Dict[str, bytes], mode
     import torch
 
     from jobs.label import config_from_args
-    from pipeline.decode import decode_image
+    from pipeline.io.decode import decode_image
     from pipeline.segmenter import Segmenter
 
     cfg = config_from_args(["--input", "x", "--output", "y", *model_args])

@@ -139,7 +139,8 @@ def corpus() -> Dict[str, Case]:
         "truncated.png": Case(good_png[: len(good_png) // 2], "decode_error", "truncated PNG"),
         "text.jpg": Case(b"this is a plain text file, not a JPEG\n" * 3, "decode_error", "text file named .jpg"),
         "error-page.jpg": Case(b"<!DOCTYPE html><html><head><title>403 Forbidden</title></head>"
-                               b"<body><h1>Forbidden</h1></body></html>\n", "decode_error", "HTML error page named .jpg"),
+                               b"<body><h1>Forbidden</h1></body></html>\n", "decode_error",
+                               "HTML error page named .jpg"),
         "cmyk.jpg": Case(_save(_photo("coffee").convert("CMYK"), "JPEG"), "ok", "CMYK JPEG"),
         "gray16.png": Case(_save(gray16, "PNG"), "ok", "16-bit grayscale PNG"),
         "gray.jpg": Case(_save(_photo("astronaut").convert("L"), "JPEG"), "ok", "8-bit grayscale JPEG"),

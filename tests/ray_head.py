@@ -92,7 +92,8 @@ class RayHead:
     def status(self, submission_id: str) -> str:
         """SUCCEEDED, FAILED, STOPPED, RUNNING, PENDING (parsed from ``ray job status``)."""
         out = self.cli("job", "status", submission_id).stdout
-        for text, word in ((f"Job '{submission_id}' succeeded", "SUCCEEDED"), (f"Job '{submission_id}' failed", "FAILED"),
+        for text, word in ((f"Job '{submission_id}' succeeded", "SUCCEEDED"),
+                           (f"Job '{submission_id}' failed", "FAILED"),
                            (f"Job '{submission_id}' was stopped", "STOPPED")):
             if text in out:
                 return word

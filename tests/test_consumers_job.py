@@ -12,9 +12,9 @@ from pycocotools.coco import COCO
 
 from jobs.export import main as export_main
 from jobs.overlay import main as overlay_main
-from pipeline.decode import decode_image
-from pipeline.export import read_label_png
-from pipeline.reader import open_run
+from pipeline.io.decode import decode_image
+from pipeline.labels.export import read_label_png
+from pipeline.labels.reader import open_run
 from tests.job_fixtures import run_cli, sample_files
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""pipeline.decode: every kind of bad input becomes a status, good input becomes RGB uint8."""
+"""pipeline.io.decode: every kind of bad input becomes a status, good input becomes RGB uint8."""
 from __future__ import annotations
 
 import io
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.decode import JpegFrame, decode_image, jpeg_scan_blocks, jpeg_scan_shortfall, tiff_compression
+from pipeline.io.decode import JpegFrame, decode_image, jpeg_scan_blocks, jpeg_scan_shortfall, tiff_compression
 from schemas import Status
 from tests.malformed import bad_crc_png, bomb_png, header_only_jpeg, unknown_compression_tiff
 
@@ -269,7 +269,7 @@ def _tiff_declaring(width: int, height: int) -> bytes:
 
 _PEAK_RSS_CHILD = """
 import json, resource, sys
-from pipeline.decode import decode_image
+from pipeline.io.decode import decode_image
 
 def peak_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)

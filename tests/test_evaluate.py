@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from jobs.evaluate import main as evaluate_main
-from pipeline.datasets import BENCHMARKS, get_benchmark, list_pairs, load_gt
-from pipeline.metrics import IoUAccumulator, LabelError
-from pipeline.reader import open_run
+from pipeline.evaluation.benchmarks import BENCHMARKS, get_benchmark, list_pairs, load_gt
+from pipeline.evaluation.metrics import IoUAccumulator, LabelError
+from pipeline.labels.reader import open_run
 from tests.consumer_fixtures import label_row, make_benchmark, write_run
 
 VOC = get_benchmark("voc21")
@@ -24,7 +24,8 @@ def _names(bench):
 
 
 def _run_for(tmp_path, bench, preds, images, **kw):
-    rows = [label_row(stem, images[stem], pred, _names(bench), exclude=kw.pop("exclude", ())) for stem, pred in preds.items()]
+    rows = [label_row(stem, images[stem], pred, _names(bench), exclude=kw.pop("exclude", ()))
+            for stem, pred in preds.items()]
     return write_run(str(tmp_path / "runs" / "r1"), rows, _names(bench), **kw)
 
 
@@ -144,7 +145,7 @@ def test_segmenter_path_matches_stored_run(tmp_path, tiny_arch, tiny_weights, ti
     sets = ["resize_short=112", f"templates={tiny_templates_file}"]
     common = ["--benchmark", "voc21", "--data-root", root]
     out1 = str(tmp_path / "seg")
-    assert evaluate_main(common + ["--arch", tiny_arch, "--weights", tiny_weights, "--set", *sets,
+    assert evaluate_main(common + ["--model", tiny_arch, "--weights", tiny_weights, "--set", *sets,
                                    "--out-dir", out1]) == 0
     cfg = dataclasses.replace(get_preset("voc21"), resize_short=112, templates=tiny_templates_file)
     seg = Segmenter.build(cfg, ModelConfig(arch=tiny_arch, weights=tiny_weights))

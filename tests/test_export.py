@@ -15,8 +15,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from jobs.export import main as export_main
-from pipeline.export import join_under, read_label_png, safe_name, write_coco, write_label_pngs
-from pipeline.reader import open_run
+from pipeline.labels.export import join_under, read_label_png, safe_name, write_coco, write_label_pngs
+from pipeline.labels.reader import open_run
 from tests.consumer_fixtures import CLASSES, label_row, synthetic_run, write_run
 
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline import pamr_native
 from pipeline.config import SegmenterConfig
-from pipeline.dense import interpolate_pos_embed
-from pipeline.preprocess import ImageError, normalise, rescale_size, resize_for_config
-from pipeline.resize import bilinear_matrix
-from pipeline.sliding_window import LogitAccumulator, window_starts, windows
+from pipeline.kernels import native as cpu_kernel
+from pipeline.kernels.resize import bilinear_matrix
+from pipeline.method.dense import interpolate_pos_embed
+from pipeline.method.preprocess import ImageError, normalise, rescale_size, resize_for_config
+from pipeline.method.sliding_window import LogitAccumulator, window_starts, windows
 
 
 def test_window_starts_examples():
@@ -96,22 +96,23 @@ def test_bad_images_are_named(bad, match):
 
 
 @pytest.mark.parametrize("native", [False, pytest.param(True, marks=pytest.mark.skipif(
-    pamr_native.find_compiler() is None, reason="no C++ compiler on this machine"))])
-@pytest.mark.parametrize("src,dst", [((14, 14), (224, 224)), ((21, 31), (336, 500)), ((20, 30), (10, 7)), ((5, 5), (5, 5)),
-                                     ((1, 1), (3, 4)), ((3, 9), (50, 141))])
+    cpu_kernel.find_compiler() is None, reason="no C++ compiler on this machine"))])
+@pytest.mark.parametrize("src,dst", [((14, 14), (224, 224)), ((21, 31), (336, 500)), ((20, 30), (10, 7)),
+                                     ((5, 5), (5, 5)), ((1, 1), (3, 4)), ((3, 9), (50, 141))])
 def test_matrix_bilinear_equals_interpolate(src, dst, native):
     """Both resize paths (dense products; the CPU kernel's sparse rows) == F.interpolate, with and without
     an output buffer and a band of rows."""
-    from pipeline.resize import resize_bilinear
+    from pipeline.kernels.resize import resize_bilinear
 
     x = torch.randn(2, 7, *src)
     ref = F.interpolate(x, size=dst, mode="bilinear", align_corners=False)
     torch.testing.assert_close(resize_bilinear(x, dst, native=native), ref, atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(resize_bilinear(x, dst, rows=slice(1, 3), native=native), ref[..., 1:3, :], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(resize_bilinear(x, dst, rows=slice(1, 3), native=native), ref[..., 1:3, :],
+                               atol=1e-6, rtol=1e-6)
     buf = torch.full((2, 7, *dst), float("nan"))
     assert resize_bilinear(x, dst, out=buf, native=native) is buf
     torch.testing.assert_close(buf, ref, atol=1e-6, rtol=1e-6)
     if native:
         with pytest.raises(ValueError, match="resize kernel"):
-            pamr_native.resize(pamr_native.required_kernel(), x, bilinear_matrix(src[0] + 1, dst[0]),
+            cpu_kernel.resize(cpu_kernel.required_kernel(), x, bilinear_matrix(src[0] + 1, dst[0]),
                                bilinear_matrix(src[1], dst[1]))

@@ -63,7 +63,7 @@ def test_registration_and_layout_1_runs(tmp_path):
     m = commit.read_manifest(legacy)
     assert (m["layout"], m["shard_size"], m["plan_files"]) == (1, 2, [{"name": "_plan.parquet", "rows": 3}])
     assert commit.read_manifest(commit.run_uri(out, "absent")) is None
-    assert {r["run_id"]: r["config_hash"] for r in commit.list_runs(out)} == {"new": "h1", "old": "h1"}
+    assert {r["run_id"]: r["job_hash"] for r in commit.list_runs(out)} == {"new": "h1", "old": "h1"}
 
 
 def test_run_choice_resumes_or_refuses(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from jobs.label import EXIT_FAILED_RUN, main, user_error
 from jobs.runner import policy_failure
 from pipeline.config import ConfigError
-from pipeline.models import WeightsError
+from pipeline.model.clip import WeightsError
 from tests.crash_helpers import write_images
 from tests.job_fixtures import committed_rows
 
@@ -29,7 +29,7 @@ def test_policy_failure(by_status, rate, expected):
 
 
 def test_nothing_to_label_is_not_a_failure():
-    assert policy_failure(dict(run_id=None, rows=0, config_hash="c"), 0.5) is None
+    assert policy_failure(dict(run_id=None, rows=0, job_hash="c"), 0.5) is None
 
 
 def _bad_and_good(folder, n_good: int, n_bad: int):

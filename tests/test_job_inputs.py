@@ -68,7 +68,8 @@ def test_index_parquet_and_manifest_rules(tmp_path):
     m = tmp_path / "m.jsonl"
     m.write_text("\n".join(json.dumps({"url": f"img/{n}"}) for n in ("a.jpg", "b.png")) + "\n")
     idx = build_index(str(m), "auto")
-    assert [u.endswith("img/a.jpg") or u.endswith("img/b.png") for u in idx.column("source_uri").to_pylist()] == [True, True]
+    assert [u.endswith("img/a.jpg") or u.endswith("img/b.png")
+            for u in idx.column("source_uri").to_pylist()] == [True, True]
     assert all(len(i) == 24 for i in idx.column("image_id").to_pylist())  # hash ids when none given
     dup = tmp_path / "dup.csv"
     dup.write_text("uri,id\n/a.jpg,1\n/b.jpg,1\n")

@@ -9,7 +9,13 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from tests.job_fixtures import assert_masks_match_inprocess, committed_rows, expected_status_by_name, run_cli, sample_files
+from tests.job_fixtures import (
+    assert_masks_match_inprocess,
+    committed_rows,
+    expected_status_by_name,
+    run_cli,
+    sample_files,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +37,7 @@ def test_images_end_to_end_then_incremental(ray_local, image_dir, model_args, tm
     assert s1["rows"] == len(expected) and s1["by_status"]["ok"] == sum(s == "ok" for s in expected.values())
     for r in rows:
         assert (r["error"] is None) == (r["status"] == "ok")
-        assert r["run_id"] == s1["run_id"] and r["config_hash"] == s1["config_hash"]
+        assert r["run_id"] == s1["run_id"] and r["job_hash"] == s1["job_hash"]
     by_name = dict(zip(names, rows))
     assert (by_name["rotated.jpg"]["width"], by_name["rotated.jpg"]["height"]) == (48, 64)  # EXIF applied
     assert "max_pixels" in by_name["huge.png"]["error"]

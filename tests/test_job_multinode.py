@@ -75,7 +75,7 @@ def test_s3_run_survives_a_removed_worker_node(cluster, moto_endpoint, model_arg
     out = f"s3://{bucket}/labels"  # small files are read by the driver and shipped, so that is allowed
     args += ["--input", f"s3://{bucket}/images/", "--output", out, "--s3-endpoint", moto_endpoint,
              "--ray-address", c.address, "--num-actors", "2", "--actor-resources", '{"segment_slot": 1}',
-             "--batch-size", "2", "--run-id", "multinode"]
+             "--images-per-call", "2", "--run-id", "multinode"]
     removed = []
 
     def remove_a_worker_mid_run(proc) -> None:

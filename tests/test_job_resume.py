@@ -35,7 +35,7 @@ def test_kill_driver_then_resume(ray_local, model_args, tmp_path):
     out = tmp_path / "out"
     args = ["--input", str(src), "--output", str(out), "--run-id", "crashy", *model_args]
     args[args.index("--shard-size") + 1] = "2"
-    args[args.index("--batch-size") + 1] = "2"
+    args[args.index("--images-per-call") + 1] = "2"
     args[args.index("--read-threads") + 1] = "2"
     env = {**os.environ, "RAY_ADDRESS": ""}
     env.pop("RAY_ADDRESS")
@@ -81,7 +81,7 @@ def test_an_unfinished_layout_1_run_resumes(ray_local, model_args, tmp_path):
 
     from jobs import commit
     from jobs.planner import PlanLocator
-    from pipeline.reader import open_run
+    from pipeline.labels.reader import open_run
     from schemas import layout
 
     src = tmp_path / "in"

@@ -9,7 +9,16 @@ import uuid
 
 import pytest
 
-from tests.job_fixtures import TEST_SECRET, assert_masks_match_inprocess, committed_rows, expected_status_by_name, run_cli, s3_client, sample_files, upload_dir
+from tests.job_fixtures import (
+    TEST_SECRET,
+    assert_masks_match_inprocess,
+    committed_rows,
+    expected_status_by_name,
+    run_cli,
+    s3_client,
+    sample_files,
+    upload_dir,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +28,8 @@ def test_s3_in_and_out(ray_local, moto_endpoint, image_dir, model_args, tiny_wei
     bucket = f"rl-{uuid.uuid4().hex[:8]}"
     upload_dir(moto_endpoint, image_dir, bucket, "raw/images")
     c = s3_client(moto_endpoint)
-    for key, path in (("models/tiny.pt", tiny_weights), ("vocab/v.txt", tiny_vocab_file), ("vocab/t.txt", tiny_templates_file)):
+    for key, path in (("models/tiny.pt", tiny_weights), ("vocab/v.txt", tiny_vocab_file),
+                      ("vocab/t.txt", tiny_templates_file)):
         c.put_object(Bucket=bucket, Key=key, Body=pathlib.Path(path).read_bytes())
     args = list(model_args)
     for flag, key in (("--weights", "models/tiny.pt"), ("--vocabulary", "vocab/v.txt"), ("--templates", "vocab/t.txt")):
@@ -36,7 +46,8 @@ def test_s3_in_and_out(ray_local, moto_endpoint, image_dir, model_args, tiny_wei
     assert rows[0]["weights_digest"].startswith("sha256:")
     files = {n: d for n, (d, _) in sample_files().items()}
     local_args = list(model_args)  # same model from local files: identical weights digest and vocabulary
-    assert assert_masks_match_inprocess(rows, files, local_args) == sum(s == "ok" for s in expected_status_by_name().values())
+    assert assert_masks_match_inprocess(rows, files, local_args) == sum(
+        s == "ok" for s in expected_status_by_name().values())
 
     keys = [o["Key"] for o in c.list_objects_v2(Bucket=bucket, Prefix="labels/")["Contents"]]
     run = f"labels/runs/{summary['run_id']}/"

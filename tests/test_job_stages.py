@@ -15,7 +15,7 @@ from PIL import Image
 from jobs.inputs import INDEX_SCHEMA, entry
 from jobs.stages import pixel_column, read_decode, write_parts
 from pipeline import get_preset
-from pipeline.preprocess import resize_for_config
+from pipeline.method.preprocess import resize_for_config
 from schemas import layout, make_row, rows_to_table
 
 
@@ -38,7 +38,8 @@ def test_read_decode_ships_the_smaller_image(tmp_path):
     small, large = _png(tmp_path / "small.png", (100, 80)), _png(tmp_path / "large.png", (1000, 800))
     rows = pa.Table.from_pylist([entry("s", small, small), entry("l", large, large)], schema=INDEX_SCHEMA)
     rows = rows.append_column("_shard", pa.array([0, 0], pa.int32()))
-    out = {r["image_id"]: r for r in read_decode(rows, seg_config=cfg, bytes_column="jpg", max_pixels=10**7).to_pylist()}
+    out = {r["image_id"]: r
+           for r in read_decode(rows, seg_config=cfg, bytes_column="jpg", max_pixels=10**7).to_pylist()}
     s, big = out["s"], out["l"]
     assert (s["ph"], s["pw"], s["rh"], s["rw"]) == (80, 100, 336, 420)  # enlarging: the decoded 100x80 travels
     assert (big["ph"], big["pw"]) == (big["rh"], big["rw"]) == (336, 420)  # shrinking: resized here
@@ -54,7 +55,8 @@ LABELED_AT = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
 def _label_rows(ids, shard, shard_rows):
     rows = rows_to_table([make_row(image_id=i, source_uri=f"/x/{i}", status="empty", error="zero bytes", run_id="r",
                                    method="m", base="b", preset="p", model="x", weights_digest="w",
-                                   vocabulary_hash="v", config_hash="c", code_version="0", labeled_at=LABELED_AT)
+                                   vocabulary_hash="v", segmenter_hash="s", job_hash="c", code_version="0",
+                                   labeled_at=LABELED_AT)
                           for i in ids])
     n = len(ids)
     extra = {"_shard": pa.array([shard] * n, pa.int32()), "_shard_rows": pa.array([shard_rows] * n, pa.int32()),

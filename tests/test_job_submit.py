@@ -21,8 +21,8 @@ from tests.job_fixtures import committed_rows, s3_client, upload_dir
 from tests.ray_head import RayHead
 
 pytestmark = pytest.mark.slow
-RECIPE_HARDWARE = "--num-actors 4 --gpus-per-actor 1 --cpus-per-actor 2 --dtype fp16 --batch-size 8"
-TEST_HARDWARE = ("--num-actors 1 --gpus-per-actor 0 --cpus-per-actor 1 --dtype fp32 --batch-size 4 "
+RECIPE_HARDWARE = "--num-actors 4 --gpus-per-actor 1 --cpus-per-actor 2 --dtype fp16 --images-per-call 8"
+TEST_HARDWARE = ("--num-actors 1 --gpus-per-actor 0 --cpus-per-actor 1 --dtype fp32 --images-per-call 4 "
                  "--model tests/data/tiny-vit.json --shard-size 4 --s3-endpoint {endpoint}")
 
 
@@ -124,7 +124,7 @@ def test_stop_mid_run_then_resubmit_is_exactly_once(head, bucket, moto_endpoint,
         listed = c.list_objects_v2(Bucket=bucket, Prefix=f"{out_prefix}/runs/{run_id}/part-").get("Contents", [])
         return {o["Key"]: o["ETag"] for o in listed}
     args = _entrypoint(moto_endpoint, bucket, "--input", f"s3://{bucket}/many/", "--output",
-                       f"s3://{bucket}/{out_prefix}", "--run-id", run_id, "--batch-size", "2")
+                       f"s3://{bucket}/{out_prefix}", "--run-id", run_id, "--images-per-call", "2")
     first = f"labels-stop-{uuid.uuid4().hex[:6]}"
     assert head.submit(first, args, wait=False).returncode == 0
     deadline = time.time() + 400

@@ -53,7 +53,7 @@ def _fresh_interpreter(code: str) -> str:
 
 
 def test_the_tree_is_found():
-    assert {"pipeline.segmenter", "pipeline.pamr_native", "schemas.layout", "jobs.dispatch"} <= set(ALL)
+    assert {"pipeline.segmenter", "pipeline.kernels.native", "schemas.layout", "jobs.dispatch"} <= set(ALL)
 
 
 def test_pipeline_and_schemas_never_import_ray():
@@ -109,3 +109,32 @@ def test_no_import_cycles():
         if n not in state:
             visit(n, [n])
     assert not cycles, "\n".join(cycles)
+
+
+# pipeline's subpackages follow the data path (ARCHITECTURE.md): which others each may import
+SUBPACKAGE_DEPS = {
+    "io": set(),
+    "model": {"config", "io"},
+    "kernels": {"config"},
+    "method": {"config", "model", "kernels"},
+    "labels": {"io"},
+    "evaluation": {"io", "labels"},
+}
+
+
+def test_pipeline_subpackages_import_forward_only():
+    assert set(SUBPACKAGE_DEPS) == {n.split(".")[1] for n in ALL if n.count(".") >= 2 and n.startswith("pipeline.")}
+    problems = []
+    for name, path in ALL.items():
+        parts = name.split(".")
+        if parts[0] != "pipeline" or len(parts) < 2 or parts[1] not in SUBPACKAGE_DEPS:
+            continue
+        own = parts[1]
+        for target, names, _ in _imports(name, path):
+            t = target.split(".")
+            if t[0] != "pipeline":
+                continue
+            used = {t[1]} if len(t) > 1 else {n for n in names if f"pipeline.{n}" in ALL}
+            bad = used - SUBPACKAGE_DEPS[own] - {own}
+            problems += [f"{name} imports pipeline.{b}" for b in sorted(bad)]
+    assert not problems, "\n".join(problems)

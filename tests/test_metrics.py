@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.metrics import IoUAccumulator, LabelError, confusion_matrix, markdown_table, reduce_zero_label
+from pipeline.evaluation.metrics import IoUAccumulator, LabelError, confusion_matrix, markdown_table, reduce_zero_label
 
 NAMES = ["a", "b", "c"]
 

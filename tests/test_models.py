@@ -10,8 +10,16 @@ import pytest
 import torch
 
 from pipeline.config import ConfigError, ModelConfig
-from pipeline.models import (ATTN_ATTRS, BLOCK_ATTRS, VISION_ATTRS, WeightsError, build_model, load_state_dict,
-                             resolve_arch, vision_parts)
+from pipeline.model.clip import (
+    ATTN_ATTRS,
+    BLOCK_ATTRS,
+    VISION_ATTRS,
+    WeightsError,
+    build_model,
+    load_state_dict,
+    resolve_arch,
+    vision_parts,
+)
 from tests.conftest import make_openclip_model
 
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from jobs.overlay import main as overlay_main
-from pipeline.overlay import blend, contact_sheet, overlay_image, palette, pixel_share
+from pipeline.labels.overlay import blend, contact_sheet, overlay_image, palette, pixel_share
 from tests.consumer_fixtures import CLASSES, label_row, save_png, write_run
 
 
@@ -86,7 +86,7 @@ def test_one_image_cli(tmp_path, tiny_arch, tiny_weights, tiny_vocab_file, tiny_
     src = save_png(str(tmp_path / "cat.png"), cat)
     out = str(tmp_path / "cat-overlay.png")
     cache = tmp_path / "text-cache"
-    args = ["--image", src, "--preset", "voc21", "--arch", tiny_arch, "--weights", tiny_weights,
+    args = ["--image", src, "--preset", "voc21", "--model", tiny_arch, "--weights", tiny_weights,
             "--vocabulary", tiny_vocab_file, "--templates", tiny_templates_file, "--set", "resize_short=112",
             "--text-cache", str(cache), "--out", out]
     assert overlay_main(args) == 0

@@ -1,4 +1,4 @@
-"""The fused CPU PAMR kernel (pipeline/csrc/pamr_cpu.cpp): equal to the torch path, built and cached per
+"""The fused CPU PAMR kernel (pipeline/kernels/csrc/pamr_cpu.cpp): equal to the torch path, built and cached per
 machine, and a clear error or a logged fallback when it cannot be built."""
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from pipeline import ConfigError
-from pipeline import pamr_native as native
-from pipeline.pamr import NEIGHBOUR_OFFSETS, pamr, pamr_affinity
+from pipeline.kernels import native
+from pipeline.kernels.pamr import NEIGHBOUR_OFFSETS, pamr, pamr_affinity
 
 needs_compiler = pytest.mark.skipif(native.find_compiler() is None, reason="no C++ compiler on this machine")
 REPO = Path(__file__).resolve().parents[1]
@@ -130,7 +130,7 @@ def test_without_a_compiler_auto_falls_back_and_native_refuses(tmp_path):
     code = """
         import logging, torch
         logging.basicConfig(level=logging.WARNING)
-        from pipeline.pamr import pamr
+        from pipeline.kernels.pamr import pamr
         img, m = torch.randn(1, 3, 20, 24), torch.randn(1, 4, 20, 24)
         a = pamr(img, m, 5); b = pamr(img, m, 5)
         assert torch.equal(a, pamr(img, m, 5, native=False)) and torch.equal(a, b)
@@ -183,8 +183,8 @@ FUSED_CASES = [
 @pytest.mark.parametrize("b,q,h,w,scale,thd", FUSED_CASES)
 def test_fused_preliminary_labels_equal_torch_chain(b, q, h, w, scale, thd):
     """grid → upsampling → PAMR → softmax → temp_thd → patch mode in one kernel == the torch ops."""
-    from pipeline.resize import bilinear_matrix, resize_bilinear
-    from pipeline.sfr import patch_labels, preliminary_labels
+    from pipeline.kernels.resize import bilinear_matrix, resize_bilinear
+    from pipeline.method.sfr import patch_labels, preliminary_labels
 
     g = torch.Generator().manual_seed(q * h + w)
     img = torch.randn(b, 3, h, w, generator=g)
@@ -213,7 +213,7 @@ def test_fused_preliminary_labels_equal_torch_chain(b, q, h, w, scale, thd):
 
 @needs_compiler
 def test_fused_labels_refuse_mismatched_shapes():
-    from pipeline.resize import bilinear_matrix
+    from pipeline.kernels.resize import bilinear_matrix
 
     lib = native.required_kernel()
     img, grid = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 2, 2)
@@ -227,7 +227,7 @@ def test_fused_labels_refuse_mismatched_shapes():
 @pytest.mark.parametrize("grid,classes", [((14, 14), 3), ((21, 31), 5), ((21, 31), 1), ((1, 9), 2), ((7, 5), 3),
                                           ((16, 16), 40)])
 def test_valid_paths_kernel_equals_torch(grid, classes):
-    from pipeline.sfr import sfr_matrix, valid_paths
+    from pipeline.method.sfr import sfr_matrix, valid_paths
 
     g = torch.Generator().manual_seed(grid[0] * grid[1] + classes)
     coarse = torch.randint(0, classes, (2, 1, (grid[0] + 2) // 3, (grid[1] + 2) // 3), generator=g).float()

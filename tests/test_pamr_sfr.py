@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.pamr import pamr, pamr_affinity
-from pipeline.sfr import patch_labels, row_smoothing_kernel, sfr_matrix, valid_paths
+from pipeline.kernels.pamr import pamr, pamr_affinity
+from pipeline.method.sfr import patch_labels, row_smoothing_kernel, sfr_matrix, valid_paths
 
 
 def _reference_pamr(image, mask, steps, dilations):

@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline.label_dataset import LabeledImageDataset
-from pipeline.reader import RunNotCommitted, class_pixel_totals, label_map, masks, open_run
+from pipeline.labels.dataset import LabeledImageDataset
+from pipeline.labels.reader import RunNotCommitted, class_pixel_totals, label_map, masks, open_run
 from tests.consumer_fixtures import CLASSES, label_row, synthetic_run, write_run
 
 
@@ -149,10 +149,12 @@ def test_consumer_modules_never_import_ray_and_reader_skips_torch():
     import subprocess
     import sys
 
-    mods = ["pipeline.reader", "pipeline.metrics", "pipeline.datasets", "pipeline.export", "pipeline.overlay"]
+    mods = ["pipeline.labels.reader", "pipeline.evaluation.metrics", "pipeline.evaluation.benchmarks",
+            "pipeline.labels.export", "pipeline.labels.overlay"]
     code = (f"import importlib, sys\nfor m in {mods!r}: importlib.import_module(m)\n"
             "print('torch' in sys.modules)\n"
-            "for m in ['pipeline.label_dataset', 'pipeline.evaluation', 'jobs.export', 'jobs.evaluate', 'jobs.overlay']:\n"
+            "for m in ['pipeline.labels.dataset', 'pipeline.evaluation.protocol', "
+            "'jobs.export', 'jobs.evaluate', 'jobs.overlay']:\n"
             "    importlib.import_module(m)\n"
             "print('ray' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
@@ -172,3 +174,36 @@ def test_docs_python_snippets_run(run_parts, capsys):
         exec(compile(block, "docs/consumers.md", "exec"), namespace)
     out = capsys.readouterr().out
     assert "['sky', 'cat', 'dog', 'person']" in out and "img000 (37, 53)" in out and "decode_error" in out
+
+
+def test_schema_1_runs_read_with_current_names(run_parts):
+    """A run written before schema 2.0 (one ``config_hash`` column, no ``segmenter_hash``) reads like a current
+    one: ``job_hash`` carries its config_hash, ``segmenter_hash`` is null; label maps and filters unchanged."""
+    import pyarrow.parquet as pq
+
+    from schemas import LEGACY_SCHEMA
+
+    run_dir = run_parts[0]
+    current = open_run(run_dir)
+    before = {r["image_id"]: r for r in current.rows()}
+    for path in current.files:
+        t = pq.read_table(path)
+        meta = {**t.schema.metadata, b"reslabel.schema_version": b"1.0"}
+        t = t.drop_columns(["segmenter_hash"])
+        t = t.rename_columns(["config_hash" if n == "job_hash" else n for n in t.column_names])
+        pq.write_table(t.select(LEGACY_SCHEMA.names).cast(LEGACY_SCHEMA).replace_schema_metadata(meta), path)
+    legacy = open_run(run_dir)
+    assert legacy.legacy and legacy.schema_version == "1.0" and not current.legacy
+    assert "config_hash" in legacy.dataset().schema.names  # the files as written
+    rows = {r["image_id"]: r for r in legacy.rows()}
+    assert rows.keys() == before.keys()
+    for image_id, row in rows.items():
+        assert row["job_hash"] == before[image_id]["job_hash"] and row["segmenter_hash"] is None
+        assert "config_hash" not in row
+        assert {k: v for k, v in row.items() if k != "segmenter_hash"} == \
+            {k: v for k, v in before[image_id].items() if k != "segmenter_hash"}
+    assert legacy.table(columns=["image_id", "job_hash"]).column_names == ["image_id", "job_hash"]
+    ok = [r["image_id"] for r in legacy.rows(status="ok", columns=["image_id"])]
+    assert ok == [r["image_id"] for r in current.rows(status="ok", columns=["image_id"])]
+    for (row, labels), (_, expected) in zip(legacy.label_maps(), current.label_maps()):
+        assert np.array_equal(labels, expected)

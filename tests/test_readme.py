@@ -19,7 +19,8 @@ def _snippet() -> str:
 def test_readme_snippet_runs(tiny_arch, tiny_weights, monkeypatch):
     code = _snippet()
     assert 'ModelConfig(pretrained="openai")' in code
-    code = code.replace('ModelConfig(pretrained="openai")', f"ModelConfig(arch={tiny_arch!r}, weights={tiny_weights!r})")
+    code = code.replace('ModelConfig(pretrained="openai")',
+                        f"ModelConfig(arch={tiny_arch!r}, weights={tiny_weights!r})")
     monkeypatch.chdir(ROOT)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

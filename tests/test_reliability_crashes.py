@@ -41,7 +41,7 @@ def test_actor_sigkilled_three_times(ray_local, model_args, tmp_path):
     killer.start()
     try:
         summary = run_cli(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), *model_args,
-                           "--batch-size", "2"])
+                           "--images-per-call", "2"])
     finally:
         done.set()
         killer.join(timeout=30)

@@ -76,7 +76,7 @@ def test_malformed_corpus_one_row_each(ray_local, model_args, tmp_path):
     assert assert_masks_match_inprocess(rows, files, model_args) == n_ok
 
     # EXIF orientation 6: the stored pixels are landscape, the image is portrait. The job's mask must equal
-    # the segmenter's labels for pixels rotated here (not via pipeline.decode) and differ from the raw ones.
+    # the segmenter's labels for pixels rotated here (not via pipeline.io.decode) and differ from the raw ones.
     raw = np.asarray(Image.open(data_dir / "exif-rotated.jpg").convert("RGB"))
     rotated = np.ascontiguousarray(np.rot90(raw, k=-1))  # orientation 6 = rotate 90 degrees clockwise
     job_labels = label_map_from_segments(by["exif-rotated.jpg"])

@@ -68,7 +68,8 @@ def test_s3_faults_and_server_restart(ray_local, moto, model_args, tmp_path, cap
         watcher = threading.Thread(target=_restart_when_first_part, args=(moto, proxy, bucket, done, restarted),
                                    daemon=True)
         watcher.start()
-        args = ["--input", f"s3://{bucket}/in/", "--output", f"s3://{bucket}/out", "--s3-endpoint", proxy.url, *model_args]
+        args = ["--input", f"s3://{bucket}/in/", "--output", f"s3://{bucket}/out", "--s3-endpoint", proxy.url,
+                *model_args]
         try:
             try:
                 summary = run_cli(args)
@@ -97,7 +98,8 @@ def test_s3_faults_and_server_restart(ray_local, moto, model_args, tmp_path, cap
     assert TEST_SECRET.encode() not in blobs
     out = capfd.readouterr()
     with capfd.disabled():
-        print(f"fault proxy: {counts}, faults injected {sum(counts.get(f, 0) for f in ('503', '500', 'slow', 'drop'))}, "
+        print(f"fault proxy: {counts}, "
+              f"faults injected {sum(counts.get(f, 0) for f in ('503', '500', 'slow', 'drop'))}, "
               f"restarts {moto.restarts} (objects carried over: {restarted})")
     assert TEST_SECRET not in out.out + out.err
     logs = pathlib.Path(ray_local._private.worker._global_node.get_session_dir_path()) / "logs"

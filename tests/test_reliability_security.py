@@ -45,7 +45,8 @@ def test_job_refuses_malicious_weights(ray_local, model_args, tmp_path, monkeypa
     assert not marker.exists()
     assert not (tmp_path / "out" / "runs").exists()  # no run registered
     # the CLI turns the refusal into a clear error and exit code 2, not a traceback
-    code = main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), *_swap(model_args, "--weights", str(evil))])
+    code = main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+                 *_swap(model_args, "--weights", str(evil))])
     assert code == 2 and "evil.pt: refused" in capsys.readouterr().err
     assert not marker.exists()
 
@@ -64,11 +65,11 @@ def test_config_files_are_data_not_code(model_args, tmp_path, capsys):
     assert main(base + _swap(model_args, "--templates", str(templates))) == 2
     assert "template" in capsys.readouterr().err
     with pytest.raises(Exception):  # a JSON config of the wrong shape fails while parsing the config
-        from pipeline.models import build_model
         from pipeline.config import ModelConfig
+        from pipeline.model.clip import build_model
 
         build_model(ModelConfig(arch=str(arch), weights=model_args[model_args.index("--weights") + 1]))
-    from pipeline.vocabulary import Vocabulary
+    from pipeline.model.vocabulary import Vocabulary
 
     v = Vocabulary.load(str(vocab), str(pathlib.Path(model_args[model_args.index("--templates") + 1])))
     assert v.class_names[0] == code  # a class name is text, never evaluated

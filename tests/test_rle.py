@@ -1,4 +1,4 @@
-"""pipeline.rle and pipeline.segments: pycocotools round trips, string counts, areas, boxes."""
+"""pipeline.labels.rle and pipeline.labels.segments: pycocotools round trips, string counts, areas, boxes."""
 from __future__ import annotations
 
 import json
@@ -6,8 +6,8 @@ import json
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from pipeline.rle import decode_rle, encode_mask, rle_area, rle_bbox
-from pipeline.segments import segments_from_labels
+from pipeline.labels.rle import decode_rle, encode_mask, rle_area, rle_bbox
+from pipeline.labels.segments import segments_from_labels
 
 
 def test_round_trip_and_str_counts():
@@ -43,19 +43,21 @@ def test_segments_one_per_present_class_background_excluded():
 
 
 def test_segments_fit_schema():
-    from schemas import make_row, rows_to_table
     import datetime
+
+    from schemas import make_row, rows_to_table
 
     labels = np.array([[0, 1], [1, 1]], np.int32)
     segs = segments_from_labels(labels, ["a", "b"], np.array([0.5, 0.6], np.float32))
     row = make_row(image_id="x", source_uri="/x.png", width=2, height=2, status="ok", segments=segs,
                    method="m", base="b", preset="p", model="m", weights_digest="d", vocabulary_hash="v",
-                   config_hash="c", code_version="0", run_id="r", labeled_at=datetime.datetime.now(datetime.timezone.utc))
+                   segmenter_hash="s", job_hash="c", code_version="0", run_id="r",
+                   labeled_at=datetime.datetime.now(datetime.timezone.utc))
     assert rows_to_table([row]).num_rows == 1
 
 
 def test_background_ids_policy():
-    from pipeline.segments import background_ids
+    from pipeline.labels.segments import background_ids
 
     assert background_ids("voc21", ["sky", "aeroplane"]) == [0]
     assert background_ids("/x/custom.txt", ["sky", "cat"]) == []

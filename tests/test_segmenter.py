@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from pipeline import ConfigError, ModelConfig, get_preset, list_presets, list_variants
-from pipeline.dense import DenseParams, crop_logits, embed, trunk
-from pipeline.preprocess import ImageError
+from pipeline.method.dense import DenseParams, crop_logits, embed, trunk
+from pipeline.method.preprocess import ImageError
+from pipeline.method.variants import BASES, attention_probs, get_variant
+from pipeline.model.text import TextEmbeddings, encode_vocabulary
+from pipeline.model.vocabulary import Vocabulary
 from pipeline.segmenter import Segmenter
-from pipeline.text import TextEmbeddings, encode_vocabulary
-from pipeline.variants import BASES, attention_probs, get_variant
-from pipeline.vocabulary import Vocabulary
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_vanilla_path_equals_open_clip_tokens(seg):
     vp = seg.vision
     tokens, grid = embed(vp, x)
     x11, _ = trunk(vp, tokens, capture=(3, 7))  # captured layers are computed explicitly
-    from pipeline.dense import last_block
+    from pipeline.method.dense import last_block
 
     out = last_block(vp, x11, DenseParams(get_variant("none", "vanilla")), grid, None, None)
     ours = vp.ln_post(out)
@@ -53,7 +53,7 @@ def test_trunk_rcs_mean_and_shared_projections(seg):
     """The RCS mean is summed as layers run (== stack + mean of the captured maps, bit for bit); the last
     block's q/k/v subsets are slices of the full in-projection; sharing them between SFR's two passes
     changes nothing."""
-    from pipeline.dense import _block_with_attention, _project, last_block, last_block_inputs
+    from pipeline.method.dense import _block_with_attention, _project, last_block, last_block_inputs
 
     vp = seg.vision
     tokens, grid = embed(vp, torch.randn(2, 3, 224, 240))
@@ -78,8 +78,8 @@ def test_trunk_rcs_mean_and_shared_projections(seg):
         p = dataclasses.replace(seg.dense_params, variant=get_variant("resclip", "naclip"))
         qkv = last_block_inputs(vp, x11, p)
         assert qkv[0] is None  # NACLIP's key-key attention never reads q
-        torch.testing.assert_close(last_block(vp, x11, p, grid, mean, None, qkv), last_block(vp, x11, p, grid, mean, None),
-                                   atol=0, rtol=0)
+        torch.testing.assert_close(last_block(vp, x11, p, grid, mean, None, qkv),
+                                   last_block(vp, x11, p, grid, mean, None), atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("name", list_variants())
@@ -109,7 +109,7 @@ def test_attention_rows(base):
 def test_sfr_passes_share_logits_bit_equal(base):
     """SFR's preliminary and final passes computed from one set of base logits (kept by the first pass,
     changed in place by the second) give exactly what two independent computations give."""
-    from pipeline.variants import base_logits
+    from pipeline.method.variants import base_logits
 
     torch.manual_seed(1)
     q, k = torch.randn(2, 3, 10, 8), torch.randn(2, 3, 10, 8)
@@ -130,7 +130,8 @@ def test_sfr_passes_share_logits_bit_equal(base):
 
 def test_variants_differ(seg):
     x = torch.randn(1, 3, 224, 224)
-    outs = {n: crop_logits(seg.vision, x, seg._text, dataclasses.replace(seg.dense_params, variant=get_variant(*n.split("/"))))
+    outs = {n: crop_logits(seg.vision, x, seg._text,
+                           dataclasses.replace(seg.dense_params, variant=get_variant(*n.split("/"))))
             for n in ("none/naclip", "rcs/naclip", "sfr/naclip", "resclip/naclip", "none/sclip")}
     names = list(outs)
     for i, a in enumerate(names):
@@ -152,7 +153,7 @@ def test_registry_errors_list_names():
 def test_batched_equals_per_crop(seg):
     imgs = _images()
     batched = seg.segment(imgs, return_probs=True)
-    single = Segmenter(dataclasses.replace(seg.config, batch_size=1), seg.model_config, seg.model,
+    single = Segmenter(dataclasses.replace(seg.config, crops_per_forward=1), seg.model_config, seg.model,
                        seg.weights_digest, seg.vocabulary, seg.text)
     for img, b in zip(imgs, batched):
         s = single.segment([img], return_probs=True)[0]
@@ -219,9 +220,11 @@ def test_base_frames(base, tiny_vocab_file, tiny_templates_file, seg):
 
 
 def test_presets_table():
-    assert list_presets() == ["voc21", "context60", "coco_object", "voc20", "cityscapes", "context59", "ade20k", "coco_stuff"]
+    assert list_presets() == ["voc21", "context60", "coco_object", "voc20", "cityscapes", "context59", "ade20k",
+                              "coco_stuff"]
     voc = get_preset("voc21")
-    assert (voc.slide_crop, voc.prob_thd, voc.temp_thd, voc.rcs_weights, voc.sfr_weights) == (0, 0.1, 0.5, (2.0, 0.3), (2.2, 0.7))
+    assert (voc.slide_crop, voc.prob_thd, voc.temp_thd, voc.rcs_weights,
+            voc.sfr_weights) == (0, 0.1, 0.5, (2.0, 0.3), (2.2, 0.7))
     city = get_preset("cityscapes")
     assert (city.resize_short, city.slide_crop, city.slide_stride) == (560, 224, 112)
     assert get_preset("ade20k", temp_thd=0.3).temp_thd == 0.3
@@ -244,7 +247,8 @@ def test_bad_config_before_model_work(tiny_arch, tiny_weights):
     with pytest.raises(ConfigError, match="temp_thd"):
         Segmenter.build(get_preset("voc21", temp_thd=2.0), ModelConfig(arch=tiny_arch, weights=tiny_weights))
     with pytest.raises(ConfigError, match="no-such-vocab.txt"):
-        Segmenter.build(get_preset("voc21", vocabulary="no-such-vocab.txt"), ModelConfig(arch=tiny_arch, weights=tiny_weights))
+        Segmenter.build(get_preset("voc21", vocabulary="no-such-vocab.txt"),
+                        ModelConfig(arch=tiny_arch, weights=tiny_weights))
 
 
 def test_text_cache_round_trip(tmp_path, tiny_arch, tiny_weights, tiny_vocab_file, tiny_templates_file):
@@ -266,12 +270,13 @@ def test_text_cache_round_trip(tmp_path, tiny_arch, tiny_weights, tiny_vocab_fil
 
 def test_text_embeddings_must_match_vocabulary(seg, tiny_arch, tiny_weights):
     with pytest.raises(ValueError, match="another vocabulary"):
-        Segmenter.build(get_preset("voc21"), ModelConfig(arch=tiny_arch, weights=tiny_weights), text_embeddings=seg.text)
+        Segmenter.build(get_preset("voc21"), ModelConfig(arch=tiny_arch, weights=tiny_weights),
+                        text_embeddings=seg.text)
 
 
 def test_bf16_agrees_with_fp32(seg, tiny_arch, tiny_weights, caplog):
     mc = ModelConfig(arch=tiny_arch, weights=tiny_weights, dtype="bf16")
-    with caplog.at_level("WARNING", logger="pipeline.models"):
+    with caplog.at_level("WARNING", logger="pipeline.model.clip"):
         bf = Segmenter.build(seg.config, mc, text_embeddings=seg.text)
     # a CPU without native bf16 matmuls is told so (they run ~9x slower than fp32 there)
     native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
@@ -295,7 +300,7 @@ def test_real_vit_b16_shape(tmp_path):
     vocab.write_text("cat\ndog\n")
     tpl = tmp_path / "t.txt"
     tpl.write_text("a photo of a {}.\n")
-    seg = Segmenter.build(get_preset("voc20", vocabulary=str(vocab), templates=str(tpl), batch_size=2), mc)
+    seg = Segmenter.build(get_preset("voc20", vocabulary=str(vocab), templates=str(tpl), crops_per_forward=2), mc)
     x = torch.randn(1, 3, 224, 250)
     out = seg.dense_logits(x)
     assert out.shape == (1, 2, 224, 250)
@@ -311,7 +316,8 @@ def test_other_vit_archs(arch, patch, grid, layers, tmp_path):
     vocab.write_text("cat\ndog, puppy\n")
     tpl = tmp_path / "t.txt"
     tpl.write_text("a photo of a {}.\n")
-    seg = Segmenter.build(get_preset("ade20k", vocabulary=str(vocab), templates=str(tpl)), ModelConfig(arch=arch, random_init=True))
+    seg = Segmenter.build(get_preset("ade20k", vocabulary=str(vocab), templates=str(tpl)),
+                          ModelConfig(arch=arch, random_init=True))
     assert seg.vision.patch_size == (patch, patch) and seg.vision.grid_size == (grid, grid)
     assert len(seg.vision.blocks) == layers and seg.config.rcs_layers == (6, 7, 8, 9)
     assert seg.dense_logits(torch.randn(1, 3, 250, 300)).shape == (1, 3, 250, 300)

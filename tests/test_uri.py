@@ -1,4 +1,4 @@
-"""``pipeline.uri``: names are literal (no fsspec URL chains, no query strings), only regular local files are
+"""``pipeline.io.uri``: names are literal (no fsspec URL chains, no query strings), only regular local files are
 read (a FIFO is refused at once, never blocks), writes appear whole. Local files and a real moto S3 server."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import uuid
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
-from pipeline import uri
+from pipeline.io import uri
 from tests.job_fixtures import s3_client
 
 HOSTILE = ["scene::01.jpg", "q?x.jpg", "img?versionId=3.jpg", "a#b.jpg", "100%.jpg", "sp ace.jpg",

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from pipeline.config import ConfigError
-from pipeline.vocabulary import BENCHMARK_VOCABULARIES, Vocabulary, default_templates
+from pipeline.model.vocabulary import BENCHMARK_VOCABULARIES, Vocabulary, default_templates
 
 # (queries, classes) per benchmark, docs/method.md §1.3
 EXPECTED = {"voc21": (56, 21), "voc20": (30, 20), "coco_object": (113, 81), "context60": (60, 60),

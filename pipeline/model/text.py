@@ -17,9 +17,9 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from pipeline import uri as uris
 from pipeline.config import ModelConfig
-from pipeline.vocabulary import Vocabulary
+from pipeline.io import uri as uris
+from pipeline.model.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def encode_vocabulary(mc: ModelConfig, vocab: Vocabulary, model: Optional[nn.Mod
 
     ``model``/``digest`` may be passed when already built (avoids a second model load).
     """
-    from pipeline.models import build_model, tokenizer_for
+    from pipeline.model.clip import build_model, tokenizer_for
 
     if model is None:
         model, digest = build_model(mc)

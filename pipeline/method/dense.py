@@ -14,10 +14,11 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from pipeline.models import Block, VisionParts
-from pipeline.resize import resize_bilinear
-from pipeline.sfr import preliminary_labels, sfr_matrix
-from pipeline.variants import Variant, attention_probs, base_logits, gaussian_prior
+from pipeline.config import SegmenterConfig
+from pipeline.kernels.resize import resize_bilinear
+from pipeline.method.sfr import preliminary_labels, sfr_matrix
+from pipeline.method.variants import Variant, attention_probs, base_logits, gaussian_prior, get_variant
+from pipeline.model.clip import Block, VisionParts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,15 @@ class DenseParams:
     logit_scale: float = 40.0  # used for the preliminary probabilities of SFR
     sfr_pamr_steps: int = 10  # parity: always 10 iterations, dilations (8, 16) inside SFR
     sfr_pamr_dilations: Tuple[int, ...] = (8, 16)
+
+    @classmethod
+    def from_config(cls, config: SegmenterConfig) -> "DenseParams":
+        """The variant of ``config.method``/``config.base`` and every field of the same name in ``config``
+        (the SFR-internal PAMR settings are not config fields: they keep their fixed values)."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"variant"}
+        values = {n: getattr(config, n) for n in names if hasattr(config, n)}
+        values = {n: tuple(v) if isinstance(v, (list, tuple)) else v for n, v in values.items()}
+        return cls(variant=get_variant(config.method, config.base), **values)
 
 
 def interpolate_pos_embed(pos: torch.Tensor, grid0: Tuple[int, int], grid: Tuple[int, int]) -> torch.Tensor:
@@ -141,7 +151,7 @@ def last_block(vp: VisionParts, x: torch.Tensor, p: DenseParams, grid: Tuple[int
                logits: Optional[Sequence[torch.Tensor]] = None, keep_logits: bool = False) -> torch.Tensor:
     """The variant's last block on layer-(L−1) tokens (B, T, D) → (B, T, D); ``qkv`` from
     :func:`last_block_inputs` of the same ``x`` (computed here when not given); ``logits``/``keep_logits``:
-    the base's attention logits shared by SFR's two passes (:func:`pipeline.variants.attention_probs`)."""
+    the base's attention logits shared by SFR's two passes (:func:`pipeline.method.variants.attention_probs`)."""
     blk = vp.blocks[-1]
     q, k, v = qkv if qkv is not None else last_block_inputs(vp, x, p)
     omega = _omega(grid, p.gaussian_std, v.dtype, v.device) if p.variant.base.gaussian_prior else None
@@ -158,7 +168,7 @@ def last_block(vp: VisionParts, x: torch.Tensor, p: DenseParams, grid: Tuple[int
 def cosine_logits(vp: VisionParts, x: torch.Tensor, text: torch.Tensor, grid: Tuple[int, int],
                   size: Tuple[int, int], out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Last-block tokens (B, T, D) → cosine logits (B, Q, H, W) float32, upsampled (bilinear) to ``size``
-    (written into ``out`` when given: see :func:`pipeline.resize.resize_bilinear`).
+    (written into ``out`` when given: see :func:`pipeline.kernels.resize.resize_bilinear`).
 
     Always float32: with bf16/fp16 weights the tokens are cast up and ln_post, proj and the text embeddings
     are used in float32 (one small (T, D)·(D, E) product). On random ViT-B/16 weights this cuts the
@@ -169,7 +179,8 @@ def cosine_logits(vp: VisionParts, x: torch.Tensor, text: torch.Tensor, grid: Tu
         feats = vp.ln_post(x) @ vp.proj  # (B, T, E); ln_post on all tokens
     else:
         ln = vp.ln_post
-        feats = F.layer_norm(x.float(), ln.normalized_shape, ln.weight.float(), ln.bias.float(), ln.eps) @ vp.proj.float()
+        feats = F.layer_norm(x.float(), ln.normalized_shape, ln.weight.float(), ln.bias.float(),
+                             ln.eps) @ vp.proj.float()
     feats = feats[:, 1:]  # (B, N, E), drop [cls]
     feats = feats / feats.norm(dim=-1, keepdim=True)
     logits = feats @ text.float().T  # (B, N, Q)

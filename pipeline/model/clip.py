@@ -74,7 +74,8 @@ def vision_parts(model: nn.Module) -> VisionParts:
     v = model.visual
     missing = [a for a in VISION_ATTRS if not hasattr(v, a)]
     if missing:
-        raise ConfigError(f"{type(v).__name__} is not an open_clip VisionTransformer (lacks {missing}); only ViT archs work")
+        raise ConfigError(f"{type(v).__name__} is not an open_clip VisionTransformer (lacks {missing}); "
+                          "only ViT archs work")
     if getattr(v, "attn_pool", None) is not None or v.proj is None:
         raise ConfigError("ViT towers with attentional pooling or no projection are not supported")
     blocks = []
@@ -126,7 +127,7 @@ def inline_arch(mc: ModelConfig) -> ModelConfig:
     other nodes need not see the file. Names and already-inlined configs are returned unchanged."""
     if not mc.arch.endswith(".json") or mc.arch_json is not None:
         return mc
-    from pipeline.vocabulary import read_text_uri
+    from pipeline.model.vocabulary import read_text_uri
 
     text = read_text_uri(mc.arch)
     try:
@@ -144,8 +145,7 @@ def _cache_dir() -> pathlib.Path:
 def check_weights(uri: str) -> Optional[dict]:
     """Raise ``WeightsError`` unless ``uri`` names a regular local file or an existing object (nothing is read);
     returns the object's info (size, tag) for a remote URI, None for a local path."""
-    from pipeline import uri as uris
-
+    from pipeline.io import uri as uris
     protocol, path = uris.split(uri)
     if protocol == uris.LOCAL:
         not_regular = uris.non_regular_kind(path)
@@ -161,12 +161,11 @@ def check_weights(uri: str) -> Optional[dict]:
 
 
 def fetch_weights(uri: str) -> str:
-    """Local path for a weights path or s3:// URI (names taken literally, ``pipeline.uri``); remote files are
+    """Local path for a weights path or s3:// URI (names taken literally, ``pipeline.io.uri``); remote files are
     copied once per node (atomic rename). A local path must be a regular file."""
     import shutil
 
-    from pipeline import uri as uris
-
+    from pipeline.io import uri as uris
     info = check_weights(uri)
     protocol, path = uris.split(uri)
     if info is None:
@@ -185,7 +184,8 @@ def fetch_weights(uri: str) -> str:
 def weights_digest(path: str) -> str:
     """sha256 of the file's bytes (hex), cached in a sidecar keyed by size and mtime."""
     st = os.stat(path)
-    side = _cache_dir() / "digests" / hashlib.sha256(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+    side = _cache_dir() / "digests" / hashlib.sha256(
+        f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
     if side.exists():
         return side.read_text().strip()
     h = hashlib.sha256()
@@ -343,10 +343,12 @@ def check_state_dict(model: nn.Module, sd: Dict[str, torch.Tensor], source: str)
         if k not in sd:
             raise WeightsError(f"weights {source}: missing key {k!r} (expected shape {tuple(t.shape)})")
         if tuple(sd[k].shape) != tuple(t.shape):
-            raise WeightsError(f"weights {source}: key {k!r} has shape {tuple(sd[k].shape)}, the architecture expects {tuple(t.shape)}")
+            raise WeightsError(f"weights {source}: key {k!r} has shape {tuple(sd[k].shape)}, "
+                               f"the architecture expects {tuple(t.shape)}")
     extra = [k for k in sd if k not in own]
     if extra:
-        raise WeightsError(f"weights {source}: unexpected key {extra[0]!r} ({len(extra)} unexpected in all; wrong --model?)")
+        raise WeightsError(f"weights {source}: unexpected key {extra[0]!r} "
+                           f"({len(extra)} unexpected in all; wrong --model?)")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -423,6 +425,6 @@ def arch_display_name(arch: str) -> str:
     return pathlib.Path(arch).stem if arch.endswith(".json") else arch
 
 
-__all__ = ["VisionParts", "Block", "vision_parts", "resolve_arch", "inline_arch", "check_weights", "fetch_weights", "weights_digest",
-           "load_state_dict", "check_state_dict", "build_model", "tokenizer_for", "WeightsError",
+__all__ = ["VisionParts", "Block", "vision_parts", "resolve_arch", "inline_arch", "check_weights", "fetch_weights",
+           "weights_digest", "load_state_dict", "check_state_dict", "build_model", "tokenizer_for", "WeightsError",
            "TORCH_DTYPES", "resolve_device", "arch_display_name", "slow_cpu_dtype"]

@@ -6,7 +6,7 @@ Pixels whose label is outside ``[0, C)`` (255 = no segment) are left uncoloured.
 from __future__ import annotations
 
 import colorsys
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -157,8 +157,3 @@ def contact_sheet(items: Sequence[Tuple[np.ndarray, np.ndarray, str]], class_nam
         share = pixel_share([lab for _, lab, _ in items], len(class_names))
     return side_by_side(grid, legend(class_names, colors, share, title=legend_title))
 
-
-def class_names_for(labels: List[np.ndarray], names: Sequence[str]) -> List[str]:
-    """Names of the classes present in any of the maps (helper for captions/tests)."""
-    present = sorted({int(v) for lab in labels for v in np.unique(lab) if 0 <= v < len(names)})
-    return [names[i] for i in present]

@@ -2,7 +2,7 @@
 
 Predictions are label maps at the original image size (the segmenter resizes its logits back, as the
 official code does), compared with the GT PNG of the same image; IoU is accumulated over the dataset
-(``pipeline.metrics``). Nothing here imports Ray.
+(``pipeline.evaluation.metrics``). Nothing here imports Ray.
 """
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from pipeline import uri as uris
-from pipeline.datasets import Benchmark, list_pairs, load_gt
-from pipeline.metrics import IoUAccumulator, markdown_table
-from pipeline.label_dataset import load_rgb
-from pipeline.reader import Run, label_map
+from pipeline.evaluation.benchmarks import Benchmark, list_pairs, load_gt
+from pipeline.evaluation.metrics import IoUAccumulator, markdown_table
+from pipeline.io import uri as uris
+from pipeline.labels.dataset import load_rgb
+from pipeline.labels.reader import Run, label_map
 
 # ResCLIP (NACLIP base, ViT-B/16) mIoU % from the paper, docs/method.md §4.1 — printed next to our numbers.
 PAPER_MIOU_VITB16 = {"voc21": 61.1, "context60": 33.5, "coco_object": 35.0, "voc20": 86.0, "cityscapes": 35.9,

@@ -1,4 +1,4 @@
-// Fused PAMR iterations on the CPU (see pipeline/pamr.py for the definition and the torch reference).
+// Fused PAMR iterations on the CPU (see pipeline/kernels/pamr.py for the definition and the torch reference).
 //
 // One call runs `steps` iterations of  M(p) <- sum_n w_n(p) * M(p + o_n)  (replicate padding) for a block
 // of up to four channels at a time, with every iteration of a block done before the next block starts.
@@ -16,10 +16,10 @@
 // Work is spread over torch's own intra-op thread pool (at::parallel_for), so torch.set_num_threads()
 // governs it and no second thread pool is started.  With an OpenMP build of torch, at::parallel_for is a
 // header template around `#pragma omp parallel`: this file must then be compiled with -fopenmp and linked
-// against torch's own libgomp, or it silently runs on one thread (pipeline/pamr_native.py does both, and
+// against torch's own libgomp, or it silently runs on one thread (pipeline/kernels/native.py does both, and
 // reslabel_pamr_threads() lets a test check it).
 //
-// Built at first use by pipeline/pamr_native.py with the machine's C++ compiler and loaded with ctypes;
+// Built at first use by pipeline/kernels/native.py with the machine's C++ compiler and loaded with ctypes;
 // the C ABI below takes raw pointers to contiguous float32 buffers.
 #include <ATen/Parallel.h>
 

@@ -10,7 +10,7 @@ from typing import Collection, List, Optional, Sequence
 
 import numpy as np
 
-from pipeline.rle import encode_masks, rles_bboxes
+from pipeline.labels.rle import encode_masks, rles_bboxes
 
 
 def segments_from_labels(labels: np.ndarray, class_names: Sequence[str], class_scores: Optional[np.ndarray] = None,

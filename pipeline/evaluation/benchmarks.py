@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
-from pipeline.metrics import LabelError, check_labels, reduce_zero_label
+from pipeline.evaluation.metrics import LabelError, check_labels, reduce_zero_label
 
 
 @dataclasses.dataclass(frozen=True)

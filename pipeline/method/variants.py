@@ -60,7 +60,8 @@ BASES: Dict[str, Base] = {
     "clearclip": Base("clearclip", ("qq",), False, False, "ClearCLIP"),
     "naclip": Base("naclip", ("kk",), True, False, "NACLIP"),
 }
-METHODS: Dict[str, Tuple[bool, bool]] = {"resclip": (True, True), "rcs": (True, False), "sfr": (False, True), "none": (False, False)}
+METHODS: Dict[str, Tuple[bool, bool]] = {"resclip": (True, True), "rcs": (True, False), "sfr": (False, True),
+                                         "none": (False, False)}
 
 
 def method_name(rcs: bool, sfr: bool) -> str:

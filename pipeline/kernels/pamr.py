@@ -2,7 +2,7 @@
 
 Reproduces the ``PAMR`` module shipped with the ResCLIP/NACLIP repositories (docs/method.md §2.6) with
 shifted slices instead of per-channel convolutions, so it is batched and cheap in memory. On the CPU the
-iterations run in the fused kernel of :mod:`pipeline.pamr_native` when it is available (equal to ~1e-6;
+iterations run in the fused kernel of :mod:`pipeline.kernels.native` when it is available (equal to ~1e-6;
 1.5–6× faster, measured); the torch code here is the reference and the fallback, and the path on GPUs.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from pipeline import pamr_native
+from pipeline.kernels import native as cpu_kernel
 
 NEIGHBOUR_OFFSETS = [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]  # the 8 neighbours
 
@@ -29,7 +29,8 @@ def pamr_affinity(image: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor
     around = NEIGHBOUR_OFFSETS[:4] + [(0, 0)] + NEIGHBOUR_OFFSETS[4:]  # raster order of the 3x3 window
     window = torch.stack([s for d in dilations for s in _shifts(image, d, around)], dim=2)  # (B, 3, 9·nd, H, W)
     std = window.std(dim=2, keepdim=True)  # (B, 3, 1, H, W) unbiased, pooled over all dilations
-    neigh = torch.stack([s for d in dilations for s in _shifts(image, d, NEIGHBOUR_OFFSETS)], dim=2)  # (B, 3, 8·nd, H, W)
+    neigh = torch.stack([s for d in dilations for s in _shifts(image, d, NEIGHBOUR_OFFSETS)],
+                        dim=2)  # (B, 3, 8·nd, H, W)
     aff = -(image.unsqueeze(2) - neigh).abs() / (1e-8 + 0.1 * std)
     return torch.softmax(aff.mean(dim=1), dim=1)  # (B, 8·nd, H, W)
 
@@ -71,11 +72,11 @@ def pamr(image: torch.Tensor, mask: torch.Tensor, steps: int, dilations: Sequenc
     mask = mask.float()
     if mask.shape[-2:] != image.shape[-2:]:
         mask = F.interpolate(mask, size=image.shape[-2:], mode="bilinear", align_corners=True)
-    lib = pamr_native.for_device(mask.device, native)
+    lib = cpu_kernel.for_device(mask.device, native)
     if lib is not None:
-        dy, dx = pamr_native.taps(dilations, NEIGHBOUR_OFFSETS)
-        weights = pamr_native.affinity(lib, image, dilations)  # the kernel's layout (pamr_native.layout_shape)
-        return pamr_native.iterate(lib, mask, weights, steps, dy, dx)
+        dy, dx = cpu_kernel.taps(dilations, NEIGHBOUR_OFFSETS)
+        weights = cpu_kernel.affinity(lib, image, dilations)  # the kernel's layout (cpu_kernel.layout_shape)
+        return cpu_kernel.iterate(lib, mask, weights, steps, dy, dx)
     weights = pamr_affinity(image, dilations)  # (B, P, H, W)
     if channels_per_chunk is None:
         channels_per_chunk = 8 if mask.device.type == "cpu" else mask.shape[1]

@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from pipeline import pamr_native
+from pipeline.kernels import native as cpu_kernel
 
 
 @functools.lru_cache(maxsize=64)
@@ -33,10 +33,10 @@ def resize_bilinear(x: torch.Tensor, size: Tuple[int, int], rows: Optional[slice
 
     ``out``: a contiguous (..., H, W) tensor to write into (a reused buffer: large fresh outputs cost more in
     page faults than in arithmetic, e.g. 44 vs 13 ms for (4, 150, 224, 224) on this project's CPU).
-    ``native``: float32 CPU tensors use the CPU kernel's sparse resize (:func:`pipeline.pamr_native.resize`:
+    ``native``: float32 CPU tensors use the CPU kernel's sparse resize (:func:`pipeline.kernels.native.resize`:
     2 multiply-adds per output and axis instead of h or w; the same sums to float rounding, tested) when
     the kernel is available (and ``out``, if given, is contiguous float32): True requires the kernel, False
-    never uses it, None follows ``RESLABEL_PAMR_KERNEL`` (:func:`pipeline.pamr_native.for_device`).
+    never uses it, None follows ``RESLABEL_PAMR_KERNEL`` (:func:`pipeline.kernels.native.for_device`).
     """
     h, w = x.shape[-2:]
     if (h, w) == tuple(size) and rows is None:
@@ -45,9 +45,9 @@ def resize_bilinear(x: torch.Tensor, size: Tuple[int, int], rows: Optional[slice
     rx = bilinear_matrix(w, size[1]).to(x.device, x.dtype)  # (W, w)
     if rows is not None:
         ry = ry[rows]
-    lib = pamr_native.for_device(x.device, native) if x.dtype == torch.float32 else None
+    lib = cpu_kernel.for_device(x.device, native) if x.dtype == torch.float32 else None
     if lib is not None and (out is None or (out.dtype == torch.float32 and out.is_contiguous())):
-        return pamr_native.resize(lib, x, ry, rx, out=out)
+        return cpu_kernel.resize(lib, x, ry, rx, out=out)
     out_h, out_w = ry.shape[0], rx.shape[0]
     if h * w * out_w + out_h * h * out_w < out_h * h * w + out_h * w * out_w:  # fewer multiply-adds along x first
         return torch.matmul(ry, x @ rx.T, out=out)  # (H, h) @ ((..., h, w) @ (w, W)) → (..., H, W)

@@ -12,8 +12,8 @@ import importlib.resources
 import json
 from typing import Optional, Sequence, Tuple
 
-from pipeline import uri as uris
 from pipeline.config import ConfigError
+from pipeline.io import uri as uris
 
 BENCHMARK_VOCABULARIES = {
     "voc21": "cls_voc21.txt",
@@ -71,7 +71,8 @@ class Vocabulary:
     source: str = "list"
 
     @classmethod
-    def from_lines(cls, lines: Sequence[str], templates: Optional[Sequence[str]] = None, source: str = "list") -> "Vocabulary":
+    def from_lines(cls, lines: Sequence[str], templates: Optional[Sequence[str]] = None,
+                   source: str = "list") -> "Vocabulary":
         """Build from class lines (each may hold ``", "``-separated synonyms). Validates before any model work."""
         if not lines:
             raise ConfigError(f"vocabulary {source}: empty (no classes)")
@@ -101,7 +102,9 @@ class Vocabulary:
 
     @classmethod
     def load(cls, vocabulary: str, templates: Optional[str] = None) -> "Vocabulary":
-        """``vocabulary``: a benchmark name (see ``BENCHMARK_VOCABULARIES``) or a path/URI; ``templates``: None or a path/URI."""
+        """``vocabulary``: a benchmark name (see ``BENCHMARK_VOCABULARIES``) or a path/URI;
+        ``templates``: None or a path/URI.
+        """
         tpl = None
         if templates is not None:
             tpl = [t for t in read_text_uri(templates).split("\n") if t.strip()]

@@ -1,7 +1,7 @@
 """The fused CPU PAMR kernel (``csrc/pamr_cpu.cpp``): built at first use, cached, loaded with ctypes.
 
 PAMR is the largest cost of ResCLIP after the trunk once the vocabulary is large (10 iterations × 16 taps
-over every query channel at crop resolution). The torch implementation in :mod:`pipeline.pamr` makes 17
+over every query channel at crop resolution). The torch implementation in :mod:`pipeline.kernels.pamr` makes 17
 passes over memory per iteration; the kernel makes one per block of four channels and reuses each weight
 load for those four channels. Given the same neighbour weights it computes the same sums in the same order
 (tested bit-equal); its own weights (:func:`affinity`) differ from the torch ones by a few float32 ulps, so
@@ -101,7 +101,8 @@ def _command(compiler: str, out: Path) -> list:
     torch_dir = Path(torch.__file__).parent
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     omp = ["-fopenmp"] if torch_uses_openmp() else []  # links -lgomp: torch/lib's copy comes first (-L)
-    return [*shlex.split(compiler), *omp, "-O3", "-march=native", "-ffp-contract=fast", "-std=c++17", "-shared", "-fPIC",
+    return [*shlex.split(compiler), *omp, "-O3", "-march=native", "-ffp-contract=fast", "-std=c++17", "-shared",
+            "-fPIC",
             f"-D_GLIBCXX_USE_CXX11_ABI={abi}", f"-I{torch_dir / 'include'}", str(SOURCE), "-o", str(out),
             f"-L{torch_dir / 'lib'}", "-Wl,--no-as-needed", "-ltorch_cpu", "-lc10",
             f"-Wl,-rpath,{torch_dir / 'lib'}"]
@@ -213,7 +214,8 @@ def _get(mode: str) -> Optional[ctypes.CDLL]:
                     log.warning("PAMR: the fused CPU kernel is unavailable, using the slower torch path "
                                 "(set %s=torch to silence): %s", ENV_MODE, _failure)
         if _loaded is None and mode == "native":
-            raise KernelBuildError(f"the fused PAMR kernel is required ({ENV_MODE}=native or native=True) but unavailable: {_failure}")
+            raise KernelBuildError(f"the fused PAMR kernel is required ({ENV_MODE}=native or native=True) "
+                                   f"but unavailable: {_failure}")
         return _loaded
 
 
@@ -270,7 +272,7 @@ def unpack_layout(weights: torch.Tensor) -> torch.Tensor:
 def affinity(lib: ctypes.CDLL, image: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
     """Neighbour weights of guide ``image`` (B, C, H, W) in the kernel's layout (:func:`layout_shape`),
     K = 8 per dilation in the order of :func:`taps` with the 8 offsets in raster order; the same quantity as
-    :func:`pipeline.pamr.pamr_affinity` (equal to a few float32 ulps)."""
+    :func:`pipeline.kernels.pamr.pamr_affinity` (equal to a few float32 ulps)."""
     b, c, h, w = image.shape
     out = torch.empty(layout_shape(lib, b, h, 8 * len(dilations), w), dtype=torch.float32)
     src = image.float().contiguous()
@@ -306,7 +308,7 @@ def patch_labels(lib: ctypes.CDLL, grid: torch.Tensor, ry: torch.Tensor, rx: tor
 
     Args:
         grid: (B, Q, gh, gw) float32 cosine logits at the patch grid.
-        ry, rx: (H, gh) and (W, gw) bilinear resize matrices (:func:`pipeline.resize.bilinear_matrix`).
+        ry, rx: (H, gh) and (W, gw) bilinear resize matrices (:func:`pipeline.kernels.resize.bilinear_matrix`).
         weights: neighbour weights from :func:`affinity` of the (B, 3, H, W) guide (kernel layout).
         steps, dy, dx: PAMR iterations and taps (:func:`taps`).
         scale: the softmax's logit scale; temp_thd: top probabilities below it give label 0.
@@ -340,7 +342,7 @@ def patch_labels(lib: ctypes.CDLL, grid: torch.Tensor, ry: torch.Tensor, rx: tor
 def resize(lib: ctypes.CDLL, x: torch.Tensor, ry: torch.Tensor, rx: torch.Tensor,
            out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """ry · x · rxᵀ for x (..., h, w) float32 on CPU with resize matrices ry (H, h) and rx (W, w), only their
-    nonzeros (:func:`pipeline.resize.resize_bilinear`'s CPU path). ``out``: a contiguous (..., H, W) float32
+    nonzeros (:func:`pipeline.kernels.resize.resize_bilinear`'s CPU path). ``out``: a contiguous (..., H, W) float32
     tensor to write into. Returns (..., H, W)."""
     h, w = x.shape[-2:]
     big_h, big_w = ry.shape[0], rx.shape[0]
@@ -364,12 +366,13 @@ def resize(lib: ctypes.CDLL, x: torch.Tensor, ry: torch.Tensor, rx: torch.Tensor
 
 def valid_paths(lib: ctypes.CDLL, labels: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """SFR's path validity (B, N, N) bool for patch labels (B, hp, wp), with the probe tables ``rows``
-    (hp, hp, K) and ``cols`` (wp, wp, K) of :func:`pipeline.sfr._axis_probes`; each pair's probes are
+    (hp, hp, K) and ``cols`` (wp, wp, K) of :func:`pipeline.method.sfr._axis_probes`; each pair's probes are
     walked until the first foreign one."""
     b, hp, wp = labels.shape
     k = rows.shape[-1]
     if tuple(rows.shape) != (hp, hp, k) or tuple(cols.shape) != (wp, wp, k):
-        raise ValueError(f"SFR paths kernel: labels {tuple(labels.shape)}, probes {tuple(rows.shape)}/{tuple(cols.shape)}")
+        raise ValueError(f"SFR paths kernel: labels {tuple(labels.shape)}, "
+                         f"probes {tuple(rows.shape)}/{tuple(cols.shape)}")
     flat = labels.reshape(b, hp * wp).to(torch.int64).contiguous()
     rows, cols = rows.to(torch.int64).contiguous(), cols.to(torch.int64).contiguous()
     out = torch.empty(b, hp * wp, hp * wp, dtype=torch.bool)

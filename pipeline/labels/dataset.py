@@ -10,16 +10,16 @@ from typing import Any, Callable, Dict, Optional, Union
 import numpy as np
 from torch.utils import data as torch_data
 
-from pipeline import uri as uris
-from pipeline.decode import decode_image
-from pipeline.reader import UNLABELED, Run, label_map
+from pipeline.io import uri as uris
+from pipeline.io.decode import decode_image
+from pipeline.labels.reader import UNLABELED, Run, label_map
 
 ImageSource = Union[None, str, Callable[[Dict[str, Any]], np.ndarray]]
 
 
 def load_rgb(uri: str) -> np.ndarray:
     """Read an image (local path or s3:// URI, taken literally) as (H, W, 3) uint8 RGB, decoded exactly as the
-    labeling job decodes it (``pipeline.decode``: EXIF orientation applied). Raises ``ValueError`` if it fails."""
+    labeling job decodes it (``pipeline.io.decode``: EXIF orientation applied). Raises ``ValueError`` if it fails."""
     decoded = decode_image(uris.read_bytes(uri), max_pixels=2**62)
     if decoded.status != "ok":
         raise ValueError(f"{uri}: cannot decode image ({decoded.status}: {decoded.error})")

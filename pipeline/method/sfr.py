@@ -11,9 +11,9 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from pipeline import pamr_native
-from pipeline.pamr import NEIGHBOUR_OFFSETS, pamr
-from pipeline.resize import bilinear_matrix, resize_bilinear
+from pipeline.kernels import native as cpu_kernel
+from pipeline.kernels.pamr import NEIGHBOUR_OFFSETS, pamr
+from pipeline.kernels.resize import bilinear_matrix, resize_bilinear
 
 
 def patch_labels(probs: torch.Tensor, temp_thd: float, patch: Tuple[int, int]) -> torch.Tensor:
@@ -49,20 +49,20 @@ def preliminary_labels(image: torch.Tensor, grid_logits: torch.Tensor, steps: in
     Args:
         image: (B, 3, H, W) normalised crops (the network's input), any float dtype.
         grid_logits: (B, Q, hp, wp) float32 cosine logits at the patch grid.
-        native: as for :func:`pipeline.pamr.pamr`.
+        native: as for :func:`pipeline.kernels.pamr.pamr`.
     Returns: (B, H // ph, W // pw) int64 query labels on CPU.
     """
     size = tuple(image.shape[-2:])
-    lib = pamr_native.for_device(grid_logits.device, native)
+    lib = cpu_kernel.for_device(grid_logits.device, native)
     if lib is None:
         logits = pamr(image.float(), resize_bilinear(grid_logits.float(), size, native=False), steps, dilations,
                       native=False)
         probs = torch.softmax(logits * logit_scale, dim=1)
         return patch_labels(probs, temp_thd, patch)
     gh, gw = grid_logits.shape[-2:]
-    dy, dx = pamr_native.taps(dilations, NEIGHBOUR_OFFSETS)
-    weights = pamr_native.affinity(lib, image.float(), dilations)
-    return pamr_native.patch_labels(lib, grid_logits, bilinear_matrix(gh, size[0]), bilinear_matrix(gw, size[1]),
+    dy, dx = cpu_kernel.taps(dilations, NEIGHBOUR_OFFSETS)
+    weights = cpu_kernel.affinity(lib, image.float(), dilations)
+    return cpu_kernel.patch_labels(lib, grid_logits, bilinear_matrix(gh, size[0]), bilinear_matrix(gw, size[1]),
                                     weights, steps, dy, dx, logit_scale, temp_thd, patch)
 
 
@@ -93,9 +93,9 @@ def valid_paths(labels: torch.Tensor, grid: Tuple[int, int], native: Optional[bo
     """V (B, N, N) bool: every probe on the (partial) segment from i towards j carries label L_i.
 
     parity: probes are t_k = k / D_max for k ≤ D_ij only, so only the first D_ij/D_max of the segment
-    is inspected (docs/method.md §2.5 f2). The CPU kernel (``native`` as for :func:`pipeline.pamr.pamr`) walks each
-    pair's probes until the first foreign one; the torch code computes one step k at a time over all pairs:
-    O(K·N²) work and O(N²) memory, with the probe coordinates separable per axis. Equal (tested).
+    is inspected (docs/method.md §2.5 f2). The CPU kernel (``native`` as for :func:`pipeline.kernels.pamr.pamr`)
+    walks each pair's probes until the first foreign one; the torch code computes one step k at a time over all
+    pairs: O(K·N²) work and O(N²) memory, with the probe coordinates separable per axis. Equal (tested).
     """
     hp, wp = grid
     b, n = labels.shape[0], hp * wp
@@ -105,9 +105,9 @@ def valid_paths(labels: torch.Tensor, grid: Tuple[int, int], native: Optional[bo
     if d_max == 0:
         return valid
     rows, cols = _axis_probes(hp, d_max), _axis_probes(wp, d_max)  # (hp, hp, K), (wp, wp, K)
-    lib = pamr_native.for_device(labels.device, native)
+    lib = cpu_kernel.for_device(labels.device, native)
     if lib is not None:
-        return pamr_native.valid_paths(lib, labels.reshape(b, hp, wp), rows, cols)
+        return cpu_kernel.valid_paths(lib, labels.reshape(b, hp, wp), rows, cols)
     dist = chebyshev(grid)
     start = flat.unsqueeze(2)  # (B, N, 1) label of i
     for k in range(1, d_max + 1):  # k = 0 probes i itself

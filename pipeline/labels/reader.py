@@ -3,7 +3,8 @@
 A run is a directory (local path or URI such as ``s3://bucket/out/runs/<run_id>``, taken literally) holding
 ``part-*.parquet`` files in ``schemas.LABEL_SCHEMA`` and ``_SUCCESS.json``, written last. A run
 without ``_SUCCESS.json`` is partial (a job still writing, or one that died) and is refused unless
-``allow_partial=True``.
+``allow_partial=True``. Runs written in schema 1.x read the same: their ``config_hash`` column comes back as
+``job_hash`` and ``segmenter_hash`` as null.
 
     run = open_run("out/runs/2026-11-23T20-00-00")
     for row, labels in run.label_maps(status="ok"):   # labels: (H, W) int32, 255 = no segment
@@ -21,9 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from pipeline import uri as uris
-from pipeline.rle import decode_rle
-from schemas import LABEL_SCHEMA, layout
+from pipeline.io import uri as uris
+from pipeline.labels.rle import decode_rle
+from schemas import LABEL_SCHEMA, LEGACY_COLUMNS, LEGACY_SCHEMA, layout
 
 SUCCESS_FILE = layout.SUCCESS
 UNLABELED = 255  # label-map value of pixels that no segment covers
@@ -87,13 +88,38 @@ class Run:
                 return [int(i) for i in json.loads(meta[layout.LEGACY_PLAN_KEY]).get("excluded_category_ids", [])]
         return []
 
+    @property
+    def schema_version(self) -> str:
+        """The parts' ``reslabel.schema_version`` ("1.0" for runs that did not record one)."""
+        return self.metadata.get(layout.META_SCHEMA_VERSION, "1.0")
+
+    @property
+    def legacy(self) -> bool:
+        """Written in schema 1.x (a ``config_hash`` column instead of ``job_hash`` + ``segmenter_hash``)."""
+        return self.schema_version.split(".")[0] == "1"
+
     def dataset(self) -> ds.Dataset:
-        """The run as a ``pyarrow.dataset.Dataset`` (``.to_table()``, ``.to_batches()``, filters)."""
-        return ds.dataset(self.files, schema=LABEL_SCHEMA, format="parquet", filesystem=self.fs)
+        """The run's parts as written, a ``pyarrow.dataset.Dataset`` (``.to_table()``, ``.to_batches()``, filters):
+        ``schemas.LABEL_SCHEMA``, or ``schemas.LEGACY_SCHEMA`` for a schema-1.x run (``rows``/``table`` rename)."""
+        return ds.dataset(self.files, schema=LEGACY_SCHEMA if self.legacy else LABEL_SCHEMA, format="parquet",
+                          filesystem=self.fs)
+
+    def _projection(self, columns: Optional[Sequence[str]]) -> Optional[Dict[str, Any]]:
+        """Scanner columns in the current schema's names (None: all, as written, for a current run)."""
+        if not self.legacy:
+            return list(columns) if columns else None
+        old_name = {new: old for old, new in LEGACY_COLUMNS.items()}
+        out = {}
+        for name in columns or LABEL_SCHEMA.names:
+            if name == "segmenter_hash":
+                out[name] = ds.scalar(None).cast(pa.string())  # not recorded by schema 1.x
+            else:
+                out[name] = ds.field(old_name.get(name, name))
+        return out
 
     def table(self, columns: Optional[Sequence[str]] = None, **filters: Any) -> pa.Table:
-        """All rows passing the row filters (see ``rows``) as one Arrow table."""
-        return self.dataset().to_table(columns=list(columns) if columns else None, filter=_expr(**filters))
+        """All rows passing the row filters (see ``rows``) as one Arrow table, in the current schema's names."""
+        return self.dataset().to_table(columns=self._projection(columns), filter=_expr(**filters))
 
     def rows(
         self,
@@ -113,7 +139,8 @@ class Run:
         if cols and (categories is not None or min_score is not None) and "segments" not in cols:
             cols.append("segments")
         wanted = _category_ids(categories, self.categories) if categories is not None else None
-        scanner = self.dataset().scanner(columns=cols, filter=_expr(status, image_ids), batch_size=batch_size)
+        scanner = self.dataset().scanner(columns=self._projection(cols), filter=_expr(status, image_ids),
+                                         batch_size=batch_size)
         for batch in scanner.to_batches():
             for row in batch.to_pylist():
                 if wanted is None and min_score is None:
@@ -136,7 +163,7 @@ class Run:
 
 
 def open_run(uri: str, allow_partial: bool = False, storage_options: Optional[Dict[str, Any]] = None) -> Run:
-    """Open the run directory ``uri`` (local path or URI, taken literally: ``pipeline.uri``).
+    """Open the run directory ``uri`` (local path or URI, taken literally: ``pipeline.io.uri``).
 
     Raises ``FileNotFoundError`` when no Parquet part exists and ``RunNotCommitted`` when
     ``_SUCCESS.json`` is missing and ``allow_partial`` is false.

@@ -1,6 +1,6 @@
 """Exports of a committed run: COCO annotations JSON and palette-PNG label maps.
 
-Output goes to a local path or s3:// URI, taken literally (``pipeline.uri``). File names derived from
+Output goes to a local path or s3:// URI, taken literally (``pipeline.io.uri``). File names derived from
 image ids go through ``safe_name`` and ``join_under``: whatever an id contains (``../``, ``/abs``,
 ``s3://``, NUL), no file is written outside the chosen output prefix.
 
@@ -24,9 +24,9 @@ from typing import Any, Dict, Iterator, List
 import numpy as np
 from PIL import Image
 
-from pipeline import uri as uris
-from pipeline.overlay import palette
-from pipeline.reader import UNLABELED, Run, label_map
+from pipeline.io import uri as uris
+from pipeline.labels.overlay import palette
+from pipeline.labels.reader import UNLABELED, Run, label_map
 from schemas import SCHEMA_VERSION
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -1,0 +1,1 @@
+"""Evaluation: confusion-matrix metrics, benchmark layouts (mmseg), and the evaluation protocol."""

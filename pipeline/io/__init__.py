@@ -1,0 +1,1 @@
+"""Bytes in: literal URIs (local paths and s3://) and the hardened image decoder."""
