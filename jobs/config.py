@@ -73,6 +73,9 @@ class LabelJobConfig:
     ray_address: Optional[str] = None  # None: $RAY_ADDRESS, else a local Ray
     shared_fs: bool = False  # local --input/--output/--weights/--text-cache paths are mounted on every node
     max_error_rate: float = 0.5  # the job fails (exit 3) when a larger share of its rows is not ok
+    instances: bool = False  # one segment per connected component of each class (instance_id), not per class
+    min_instance_area: int = 0  # with instances: components smaller than this (pixels) are dropped
+    ignore_below: Optional[float] = None  # pixels whose winning probability is below this: the row's ignore RLE
 
     def validate(self) -> "LabelJobConfig":
         if self.input_format not in INPUT_FORMATS:
@@ -88,6 +91,10 @@ class LabelJobConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0 (got {getattr(self, name)})")
         if self.gpus_per_actor < 0 or self.cpus_per_actor <= 0:
             raise ConfigError("--gpus-per-actor must be >= 0 and --cpus-per-actor > 0")
+        if self.ignore_below is not None and not 0.0 <= self.ignore_below <= 1.0:
+            raise ConfigError(f"--ignore-below {self.ignore_below} must be a probability in [0, 1]")
+        if self.min_instance_area < 0 or (self.min_instance_area and not self.instances):
+            raise ConfigError(f"--min-instance-area {self.min_instance_area}: must be >= 0 and needs --instances")
         if not 0.0 <= self.max_error_rate <= 1.0:
             raise ConfigError(f"--max-error-rate {self.max_error_rate} must be a fraction in [0, 1]")
         for name, amount in (self.actor_resources or {}).items():
@@ -137,4 +144,10 @@ class LabelJobConfig:
 
     # options that change the rows (beyond the segmenter's config hash): part of the run's config hash
     def row_options(self) -> dict:
-        return {"background": self.background, "max_pixels": self.max_pixels}
+        """Only options set away from their defaults are added, so the hash of a run without them is unchanged."""
+        out = {"background": self.background, "max_pixels": self.max_pixels}
+        if self.instances:
+            out.update(instances=True, min_instance_area=self.min_instance_area)
+        if self.ignore_below is not None:
+            out["ignore_below"] = float(self.ignore_below)
+        return out

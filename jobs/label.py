@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_alias(p, "--read-batch-size", "read_threads", type=int)
     a("--max-pixels", type=int, default=LabelJobConfig.max_pixels, help="refuse larger images (status too_large)")
     a("--background", default="auto", help="auto | none | CLASS_NAME: class left out of segments")
+    a("--instances", action="store_true",
+      help="one segment per connected component of each class (instance_id, COCO instance export)")
+    a("--min-instance-area", type=int, default=0, metavar="PX", help="with --instances: drop smaller components")
+    a("--ignore-below", type=float, metavar="P",
+      help="pixels whose winning class probability is below P go to the row's ignore region, in no segment")
     a("--retry", default="transient", choices=sorted(RETRY_POLICIES), help="failed statuses a later run retries")
     a("--bytes-column", default="jpg", help="Parquet input: image bytes column")
     a("--id-column", default="key", help="Parquet/manifest input: id column")

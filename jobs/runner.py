@@ -171,6 +171,8 @@ def _label(cfg, run: str, plan: PlanLocator, todo: List[int], prep: Dict, text_r
     actor_kwargs = dict(seg_config=seg_cfg, model_config=mc, vocabulary=vocab, text_embeddings=text_ref,
                         provenance=prep["provenance"], run_id=metadata[layout.META_RUN_ID],
                         exclude_ids=prep["exclude"], torch_threads=int(cfg.cpus_per_actor),
+                        row_spec=dict(instances=cfg.instances, min_instance_area=cfg.min_instance_area,
+                                      ignore_below=cfg.ignore_below),
                         images_per_call=cfg.images_per_call, run=run, part_metadata=metadata,
                         s3_endpoint=cfg.s3_endpoint)
     return label_shards(todo, read_fn=read_shard, read_kwargs=read_kwargs, actor_cls=segment_stage,

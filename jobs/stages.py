@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime
 import json
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -141,7 +141,8 @@ class SegmentStage:
 
     def __init__(self, seg_config, model_config, vocabulary, text_embeddings, provenance: Dict[str, str], run_id: str,
                  exclude_ids: Sequence[int], torch_threads: int, images_per_call: int, run: str,
-                 part_metadata: Dict[str, str], s3_endpoint: Optional[str] = None):
+                 part_metadata: Dict[str, str], s3_endpoint: Optional[str] = None,
+                 row_spec: Optional[Dict[str, Any]] = None):
         import ray
         import torch
 
@@ -164,6 +165,8 @@ class SegmentStage:
         self.patch = tuple(self.seg.vision.patch_size)
         self.images_per_call = int(images_per_call)
         self.run, self.part_metadata = run, dict(part_metadata)
+        self.row_spec = dict(row_spec or {})  # instances, min_instance_area, ignore_below (LabelJobConfig)
+        self.confidence = bool(self.row_spec.get("instances")) or self.row_spec.get("ignore_below") is not None
 
     def ready(self) -> bool:
         """Answers once the actor is up (the driver's probe after a restart)."""
@@ -210,12 +213,12 @@ class SegmentStage:
         images = [self._pixels(recs[i]) for i in idx]
         sizes = [(recs[i]["height"], recs[i]["width"]) for i in idx]
         try:
-            for i, res in zip(idx, self.seg.segment_prepared(images, sizes)):
+            for i, res in zip(idx, self.seg.segment_prepared(images, sizes, return_confidence=self.confidence)):
                 out[i] = res
         except Exception:  # noqa: BLE001 - isolate the failing image(s) one by one
             for i, img, hw in zip(idx, images, sizes):
                 try:
-                    out[i] = self.seg.segment_prepared([img], [hw])[0]
+                    out[i] = self.seg.segment_prepared([img], [hw], return_confidence=self.confidence)[0]
                 except Exception as e:  # noqa: BLE001 - becomes this image's row
                     out[i] = (Status.INFERENCE_ERROR.value, f"{type(e).__name__}: {e}"[:2000])
         return out
@@ -231,7 +234,7 @@ class SegmentStage:
         return img
 
     def _row(self, rec: Dict, res, now: datetime.datetime) -> Dict:
-        from pipeline.labels.segments import segments_from_labels
+        from pipeline.labels.segments import row_segments
 
         common = dict(image_id=rec["image_id"], source_uri=rec["source_uri"], width=rec["width"],
                       height=rec["height"], run_id=self.run_id, labeled_at=now, **self.provenance)
@@ -239,5 +242,6 @@ class SegmentStage:
             return make_row(status=rec["status"], error=rec["error"], **common)
         if isinstance(res, tuple):
             return make_row(status=res[0], error=res[1], **common)
-        segs = segments_from_labels(res.labels, self.seg.class_names, res.class_scores, exclude=self.exclude)
-        return make_row(status=Status.OK.value, segments=segs, **common)
+        segs, ignore = row_segments(res.labels, self.seg.class_names, res.class_scores, self.exclude,
+                                    label_probs=res.label_probs, confidence=res.confidence, **self.row_spec)
+        return make_row(status=Status.OK.value, segments=segs, ignore=ignore, **common)

@@ -134,7 +134,7 @@ class Segmenter:
             raise ImageError(f"{name}: size {hw[0]}x{hw[1]} after resizing is smaller than one {ph}x{pw} patch")
 
     def postprocess(self, logits: torch.Tensor, orig_hw: Tuple[int, int], image: Optional[torch.Tensor] = None,
-                    return_probs: bool = False) -> SegmentationResult:
+                    return_probs: bool = False, return_confidence: bool = False) -> SegmentationResult:
         """Averaged logits (Q, h, w) of one image → labels at ``orig_hw``. ``image`` (3, h, w), the
         normalised resized image, is needed only for the final PAMR (``pamr_steps > 0``)."""
         c = self.config
@@ -144,10 +144,11 @@ class Segmenter:
             guide = F.interpolate(image[None].float(), size=orig_hw, mode="bilinear", align_corners=False)
             full = F.interpolate(logits[None].float(), size=orig_hw, mode="bilinear", align_corners=False)
             logits = pamr(guide, full, c.pamr_steps, c.pamr_dilations)[0]
-        return postprocess(logits, orig_hw, self.post_params, return_probs)
+        return postprocess(logits, orig_hw, self.post_params, return_probs, return_confidence=return_confidence)
 
     def segment_prepared(self, resized: Sequence[np.ndarray], orig_sizes: Sequence[Tuple[int, int]],
-                         return_probs: bool = False, names: Optional[Sequence[str]] = None) -> List[SegmentationResult]:
+                         return_probs: bool = False, names: Optional[Sequence[str]] = None,
+                         return_confidence: bool = False) -> List[SegmentationResult]:
         """Images already resized by ``resize_for_config`` (RGB uint8) → results at ``orig_sizes`` (H, W)."""
         names = list(names) if names is not None else [f"image {i}" for i in range(len(resized))]
         tensors = []
@@ -159,7 +160,8 @@ class Segmenter:
             logits = self._whole_grid_logits(tensors)
         else:
             logits = self._dense_many(tensors)
-        return [self.postprocess(lg, tuple(hw), img, return_probs) for lg, hw, img in zip(logits, orig_sizes, tensors)]
+        return [self.postprocess(lg, tuple(hw), img, return_probs, return_confidence)
+                for lg, hw, img in zip(logits, orig_sizes, tensors)]
 
     def _whole_grid_logits(self, tensors: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """SCLIP/ClearCLIP whole image: logits at the patch grid, resized straight to the original later."""
@@ -167,8 +169,9 @@ class Segmenter:
                             grid_only=True)[0].cpu() for img in tensors]
 
     def segment(self, images: Sequence[np.ndarray], return_probs: bool = False,
-                names: Optional[Sequence[str]] = None) -> List[SegmentationResult]:
+                names: Optional[Sequence[str]] = None, return_confidence: bool = False) -> List[SegmentationResult]:
         """RGB uint8 images (H, W, 3) at original size → one ``SegmentationResult`` each."""
         names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
         resized = [resize_for_config(img, self.config, name) for img, name in zip(images, names)]
-        return self.segment_prepared(resized, [img.shape[:2] for img in images], return_probs, names)
+        return self.segment_prepared(resized, [img.shape[:2] for img in images], return_probs, names,
+                                     return_confidence)

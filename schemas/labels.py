@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "2.0"  # 2.0: config_hash became job_hash, and segmenter_hash was added
+SCHEMA_VERSION = "2.1"  # 2.0: config_hash became job_hash, segmenter_hash added; 2.1: instance_id, ignore
 # columns of schema 1.x runs under their current names (the reader renames them; see ``LEGACY_SCHEMA``)
 LEGACY_COLUMNS = {"config_hash": "job_hash"}
 
@@ -29,24 +29,25 @@ class Status(str, enum.Enum):
     INFERENCE_ERROR = "inference_error"  # the model failed on this image (e.g. out of memory)
 
 
+RLE_TYPE = pa.struct(
+    [
+        pa.field("size", pa.list_(pa.int32()), nullable=False),  # [height, width] in pixels
+        pa.field("counts", pa.string(), nullable=False),  # COCO compressed RLE, utf-8
+    ]
+)
+
 SEGMENT_TYPE = pa.struct(
     [
         pa.field("category_id", pa.int32(), nullable=False),  # index into the vocabulary's classes
         pa.field("category_name", pa.string(), nullable=False),
-        pa.field(
-            "rle",
-            pa.struct(
-                [
-                    pa.field("size", pa.list_(pa.int32()), nullable=False),  # [height, width] in pixels
-                    pa.field("counts", pa.string(), nullable=False),  # COCO compressed RLE, utf-8
-                ]
-            ),
-            nullable=False,
-        ),
+        pa.field("rle", RLE_TYPE, nullable=False),
         pa.field("area", pa.int64(), nullable=False),  # pixels
         pa.field("bbox", pa.list_(pa.float64()), nullable=False),  # [x, y, w, h] in pixels (COCO XYWH)
         pa.field("score", pa.float32(), nullable=False),  # mean class probability inside the mask
         pa.field("pixel_fraction", pa.float32(), nullable=False),  # area / (height * width)
+        # 2.1: 1..K within the image when the job ran with --instances (one segment per connected component),
+        # null for semantic segments (one per class)
+        pa.field("instance_id", pa.int32()),
     ]
 )
 
@@ -59,6 +60,8 @@ LABEL_SCHEMA = pa.schema(
         pa.field("status", pa.string(), nullable=False),  # a Status value
         pa.field("error", pa.string()),  # null when ok
         pa.field("segments", pa.list_(SEGMENT_TYPE), nullable=False),  # empty unless ok
+        # 2.1: pixels whose winning class probability is below --ignore-below, in no segment; null without it
+        pa.field("ignore", RLE_TYPE),
         # provenance
         pa.field("method", pa.string(), nullable=False),
         pa.field("base", pa.string(), nullable=False),
@@ -100,6 +103,8 @@ def validate_row(row: Mapping[str, Any]) -> None:
     if status not in _STATUSES:
         raise ValueError(f"label row for {row['source_uri']!r}: unknown status {status!r}")
     if status != Status.OK.value:
+        if row["ignore"] is not None:
+            raise ValueError(f"label row for {row['source_uri']!r}: status {status} but has an ignore region")
         if row["segments"]:
             raise ValueError(f"label row for {row['source_uri']!r}: status {status} but has segments")
         if not row["error"]:
@@ -119,6 +124,8 @@ def make_row(**fields: Any) -> dict:
     """
     fields.setdefault("segments", [])
     fields.setdefault("error", None)
+    fields.setdefault("ignore", None)
+    fields["segments"] = [s if "instance_id" in s else {**s, "instance_id": None} for s in fields["segments"]]
     if isinstance(fields.get("status"), Status):
         fields["status"] = fields["status"].value
     row = {name: fields.get(name) for name in LABEL_SCHEMA.names}

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 VOLATILE = ("run_id", "labeled_at", "code_version")
 RENAMED = {"config_hash": "job_hash"}  # rows: older snapshots' names -> current names
-ADDED = {"segmenter_hash"}  # row fields that older snapshots lack (schema 2.0)
+ADDED = {"segmenter_hash", "instance_id", "ignore"}  # row fields older snapshots lack (schema 2.0, 2.1)
 WORK = pathlib.Path(tempfile.gettempdir()) / "reslabel-golden"  # fixed: paths are in the rows and the hashes
 
 

@@ -60,12 +60,15 @@ def _coco_image(i: int, row: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _coco_annotations(i: int, row: Dict[str, Any], first_id: int) -> List[Dict[str, Any]]:
-    return [
-        {"id": first_id + k, "image_id": i, "category_id": s["category_id"] + 1,
-         "segmentation": {"size": list(s["rle"]["size"]), "counts": s["rle"]["counts"]},
-         "area": int(s["area"]), "bbox": [float(v) for v in s["bbox"]], "iscrowd": 0, "score": float(s["score"])}
-        for k, s in enumerate(row["segments"])
-    ]
+    out = []
+    for k, s in enumerate(row["segments"]):
+        ann = {"id": first_id + k, "image_id": i, "category_id": s["category_id"] + 1,
+               "segmentation": {"size": list(s["rle"]["size"]), "counts": s["rle"]["counts"]},
+               "area": int(s["area"]), "bbox": [float(v) for v in s["bbox"]], "iscrowd": 0, "score": float(s["score"])}
+        if s.get("instance_id") is not None:  # a run labelled with --instances: one annotation per instance
+            ann["instance_id"] = int(s["instance_id"])
+        out.append(ann)
+    return out
 
 
 def coco_chunks(run: Run, **filters: Any) -> Iterator[str]:

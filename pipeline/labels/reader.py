@@ -218,8 +218,16 @@ def masks(row: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray]:
     return ids, stack
 
 
+def ignore_mask(row: Dict[str, Any]) -> np.ndarray:
+    """(H, W) bool: the row's ignore region (``--ignore-below``); all False when the run has none."""
+    h, w = int(row["height"]), int(row["width"])
+    rle = row.get("ignore")
+    return decode_rle(rle).astype(bool) if rle else np.zeros((h, w), dtype=bool)
+
+
 def label_map(row: Dict[str, Any], fill: int = UNLABELED) -> np.ndarray:
-    """One row → (H, W) int32 class-index map; pixels no segment covers get ``fill``.
+    """One row → (H, W) int32 class-index map; pixels no segment covers get ``fill``, pixels of the row's
+    ignore region (``--ignore-below``) get 255 whatever ``fill`` is.
 
     Segments of a run do not overlap (they come from an argmax); if they did, the higher score wins.
     """
@@ -230,6 +238,8 @@ def label_map(row: Dict[str, Any], fill: int = UNLABELED) -> np.ndarray:
         if m.shape != (h, w):
             raise ValueError(f"{row['image_id']}: segment mask {m.shape} differs from image size {(h, w)}")
         out[m] = s["category_id"]
+    if row.get("ignore"):
+        out[ignore_mask(row)] = UNLABELED
     return out
 
 

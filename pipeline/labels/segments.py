@@ -6,11 +6,11 @@ absent), ``pixel_counts`` (C,) pixels per class.
 """
 from __future__ import annotations
 
-from typing import Collection, List, Optional, Sequence
+from typing import Collection, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pipeline.labels.rle import encode_masks, rles_bboxes
+from pipeline.labels.rle import encode_mask, encode_masks, rles_bboxes
 
 
 def segments_from_labels(labels: np.ndarray, class_names: Sequence[str], class_scores: Optional[np.ndarray] = None,
@@ -44,6 +44,66 @@ def segments_from_labels(labels: np.ndarray, class_names: Sequence[str], class_s
             "pixel_fraction": float(counts[c]) / float(h * w),
         })
     return out
+
+
+def _segment(c: int, name: str, rle: Dict, area: int, box: Sequence[float], score: float, hw: Tuple[int, int],
+             instance_id: Optional[int]) -> dict:
+    return {"category_id": int(c), "category_name": str(name), "rle": rle, "area": int(area),
+            "bbox": [float(v) for v in box], "score": float(score),
+            "pixel_fraction": float(area) / float(hw[0] * hw[1]), "instance_id": instance_id}
+
+
+def row_segments(labels: np.ndarray, class_names: Sequence[str], class_scores: Optional[np.ndarray] = None,
+                 exclude: Collection[int] = (), *, label_probs: Optional[np.ndarray] = None,
+                 confidence: Optional[np.ndarray] = None, instances: bool = False, min_instance_area: int = 0,
+                 ignore_below: Optional[float] = None) -> Tuple[List[dict], Optional[dict]]:
+    """The ``segments`` and ``ignore`` of one label row.
+
+    Without ``instances`` and ``ignore_below`` this is ``segments_from_labels`` (one segment per class) and
+    ``ignore`` is None. ``ignore_below=P`` takes the pixels whose winning class probability (``confidence``,
+    (H, W)) is below P out of every segment and returns them as one RLE (the usual pseudo-label practice:
+    train with them as ``ignore_index``); segment areas and scores then count only the pixels kept.
+    ``instances`` splits each class's mask into 8-connected components, one segment each, with
+    ``instance_id`` 1..K in (class, raster order of the component's first pixel); components smaller than
+    ``min_instance_area`` pixels are dropped (their pixels belong to no segment). Scores are the mean of
+    ``label_probs`` ((H, W), the probability of each pixel's class) inside the segment.
+    """
+    if not instances and ignore_below is None:
+        return segments_from_labels(labels, class_names, class_scores, exclude), None
+    if label_probs is None or (ignore_below is not None and confidence is None):
+        raise ValueError("instances/ignore_below need the per-pixel probabilities "
+                         "(segment(..., return_confidence=True))")
+    hw = labels.shape
+    ignore = confidence < ignore_below if ignore_below is not None else np.zeros(hw, dtype=bool)
+    ignore_rle = encode_mask(ignore) if ignore_below is not None else None
+    num = len(class_names)
+    kept = np.where(ignore, num, labels).astype(np.int64)  # class `num` = ignored
+    counts = np.bincount(kept.ravel(), minlength=num + 1)[:num]
+    sums = np.bincount(kept.ravel(), weights=label_probs.ravel().astype(np.float64), minlength=num + 1)[:num]
+    ids = [int(c) for c in np.flatnonzero(counts) if c not in set(exclude)]
+    if not instances:
+        masks = np.stack([kept == c for c in ids], axis=2) if ids else np.zeros(hw + (0,), bool)
+        rles = encode_masks(masks) if ids else []
+        boxes = rles_bboxes(rles)
+        return [_segment(c, class_names[c], rles[k], counts[c], boxes[k], sums[c] / counts[c], hw, None)
+                for k, c in enumerate(ids)], ignore_rle
+    import cv2
+
+    found = []  # (class, mask, area, score)
+    for c in ids:
+        n, components = cv2.connectedComponents((kept == c).astype(np.uint8), connectivity=8)
+        areas = np.bincount(components.ravel(), minlength=n)
+        scores = np.bincount(components.ravel(), weights=label_probs.ravel().astype(np.float64), minlength=n)
+        labels_seen, first = np.unique(components.ravel(), return_index=True)  # first pixel of each, raster order
+        order = [int(k) for _, k in sorted(zip(first, labels_seen)) if k != 0]
+        found += [(c, components == k, int(areas[k]), scores[k] / areas[k]) for k in order
+                  if areas[k] >= max(min_instance_area, 1)]
+    if not found:
+        return [], ignore_rle
+    rles = encode_masks(np.stack([m for _, m, _, _ in found], axis=2))
+    boxes = rles_bboxes(rles)
+    return [_segment(c, class_names[c], rles[k], area, boxes[k], score, hw, k + 1)
+            for k, (c, _, area, score) in enumerate(found)], ignore_rle
 
 
 # Benchmarks whose class 0 is a background class (ResCLIP's class files list its synonyms on line 1).

@@ -21,12 +21,18 @@ class SegmentationResult:
     class_scores: (C,) float32, mean probability of class c over the pixels labelled c; NaN where absent.
     pixel_counts: (C,) int64, pixels labelled c.
     probs: (C, H, W) float32 class probabilities when requested, else None.
+    confidence: (H, W) float32 probability of the winning class (before ``prob_thd`` sends a pixel to class 0)
+        when requested, else None: what ``--ignore-below`` thresholds.
+    label_probs: (H, W) float32 probability of the class each pixel got (what ``class_scores`` average), with
+        ``confidence``.
     """
 
     labels: np.ndarray
     class_scores: np.ndarray
     pixel_counts: np.ndarray
     probs: Optional[np.ndarray] = None
+    confidence: Optional[np.ndarray] = None
+    label_probs: Optional[np.ndarray] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +79,9 @@ def _bands(height: int, per_row: int, max_elements: int) -> Sequence[slice]:
 
 
 def postprocess(logits: torch.Tensor, size: Tuple[int, int], p: PostParams, return_probs: bool = False,
-                max_elements: int = 1 << 25) -> SegmentationResult:
-    """Averaged logits (Q, h, w) → labels at ``size`` = (H, W) original pixels."""
+                max_elements: int = 1 << 25, return_confidence: bool = False) -> SegmentationResult:
+    """Averaged logits (Q, h, w) → labels at ``size`` = (H, W) original pixels (and, on request, the class
+    probabilities and the per-pixel confidence; see ``SegmentationResult``)."""
     logits = logits.float().cpu()
     height, width = size
     bands = _bands(height, max(len(p.query_to_class), p.num_classes) * width, max_elements)
@@ -89,11 +96,17 @@ def postprocess(logits: torch.Tensor, size: Tuple[int, int], p: PostParams, retu
     sums = torch.zeros(p.num_classes, dtype=torch.float64)
     counts = torch.zeros(p.num_classes, dtype=torch.int64)
     probs_out = np.empty((p.num_classes, height, width), dtype=np.float32) if return_probs else None
+    confidence = np.empty((height, width), dtype=np.float32) if return_confidence else None
+    label_probs = np.empty((height, width), dtype=np.float32) if return_confidence else None
     for rows in bands:
         probs = _band_probs(logits, size, rows, p) * keep.view(-1, 1, 1)  # (C, r, W)
         maxp, pred = probs.max(dim=0)
+        if confidence is not None:
+            confidence[rows] = maxp.numpy()
         pred[maxp < p.prob_thd] = 0
         at = probs.gather(0, pred[None])[0]  # probability of the assigned class
+        if label_probs is not None:
+            label_probs[rows] = at.numpy()
         sums += torch.bincount(pred.flatten(), weights=at.flatten().double(), minlength=p.num_classes)
         counts += torch.bincount(pred.flatten(), minlength=p.num_classes)
         labels[rows] = pred.numpy()
@@ -101,4 +114,4 @@ def postprocess(logits: torch.Tensor, size: Tuple[int, int], p: PostParams, retu
             probs_out[:, rows] = probs.numpy()
     with np.errstate(invalid="ignore", divide="ignore"):
         scores = (sums / counts).float().numpy()
-    return SegmentationResult(labels, scores.astype(np.float32), counts.numpy(), probs_out)
+    return SegmentationResult(labels, scores.astype(np.float32), counts.numpy(), probs_out, confidence, label_probs)
