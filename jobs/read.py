@@ -1,0 +1,101 @@
+"""Stream a labeling run into training: ``read_labels(run) -> ray.data.Dataset`` of decoded label maps.
+
+    ds = read_labels("s3://bucket/out/runs/<run_id>", size=(512, 512), with_images=True, metadata=False)
+    for batch in ds.iter_torch_batches(batch_size=16):
+        batch["image"]   # (16, 512, 512, 3) uint8, decoded exactly as the job decoded it
+        batch["label"]   # (16, 512, 512) uint8 class index (int32 past 254 classes); 255 = no segment or ignored
+
+The committed parts (``_SUCCESS.json``'s list) are read by Ray Data's Parquet reader in tasks, a block at a
+time: the run is never materialised in the driver or in one worker. Each row's segments are decoded there
+(``pipeline.labels.reader.label_map``; ignore regions are 255). Without ``size`` every row keeps its own
+shape (iterate rows, or batches with a ``collate_fn``); with ``size`` labels are resized by nearest neighbour
+and images bilinearly, so batches stack.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from jobs import storage
+from pipeline.labels.reader import UNLABELED, label_map, open_run
+
+ROW_COLUMNS = ("image_id", "source_uri", "width", "height", "status")
+READ_COLUMNS = ROW_COLUMNS + ("segments", "ignore")
+
+
+def _decode_rows(row: Dict[str, Any], *, statuses: Sequence[str], fill: int, size: Optional[Tuple[int, int]],
+                 with_images: bool, s3_endpoint: Optional[str], dtype: str, metadata: bool) -> List[Dict[str, Any]]:
+    """One Parquet row → [] (another status) or [a training row]: the row's fields, ``label`` (H, W) ``dtype``
+    and, on request, ``image`` (H, W, 3) uint8 (both resized to ``size`` = (H, W) when given)."""
+    if row["status"] not in statuses:
+        return []
+    out = {k: row[k] for k in (ROW_COLUMNS if metadata else ("width", "height"))}
+    ok = row["status"] == "ok" and row["height"] is not None
+    labels = label_map(row, fill) if ok else np.full((1, 1), UNLABELED, np.int32)
+    out["label"] = (nearest(labels, size) if size is not None else labels).astype(dtype)
+    if with_images:
+        import cv2
+
+        from pipeline.labels.dataset import load_rgb
+
+        storage.apply_endpoint(s3_endpoint)
+        image = load_rgb(row["source_uri"]) if ok else np.zeros((1, 1, 3), np.uint8)
+        if size is not None and tuple(image.shape[:2]) != tuple(size):
+            image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+        out["image"] = image
+    return [out]
+
+
+def nearest(labels: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """(H, W) → ``size`` = (h, w) by nearest neighbour (pixel centres; no invented classes)."""
+    h, w = labels.shape
+    rows = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(np.int64), w - 1)
+    return labels[rows[:, None], cols[None, :]]
+
+
+def read_labels(run: str, *, status: Iterable[str] = ("ok",), with_images: bool = False,
+                size: Optional[Tuple[int, int]] = None, fill: Optional[int] = None, allow_partial: bool = False,
+                s3_endpoint: Optional[str] = None, metadata: bool = True, override_num_blocks: Optional[int] = None
+                ) -> Any:
+    """A ``ray.data.Dataset`` streaming the rows of ``run`` (local path or s3:// URI of ``OUTPUT/runs/<id>``).
+
+    Args:
+        status: the row statuses to keep (failed rows get a 1x1 label of 255 and, with images, a black 1x1
+            image; resized to ``size`` when given).
+        with_images: also read and decode each row's ``source_uri`` (``image``, (H, W, 3) uint8).
+        size: (H, W) pixels: resize labels (nearest) and images (bilinear) so that batches stack.
+        fill: label of pixels no segment covers (default 255; ``run.background_fill()`` restores the dropped
+            background class). Ignore regions (``--ignore-below``) stay 255 whatever ``fill`` says.
+        allow_partial: read a run without ``_SUCCESS.json`` (the parts written so far).
+        s3_endpoint: S3-compatible endpoint for the image reads in tasks (else ``AWS_ENDPOINT_URL``).
+        metadata: keep the string columns (``image_id``, ``source_uri``, ``status``); ``False`` leaves only
+            numbers (``label``, ``image``, ``width``, ``height``), which ``iter_torch_batches`` needs.
+    Raises ``RunNotCommitted`` / ``FileNotFoundError`` (from ``open_run``) before any task starts, and
+    ``ValueError`` for a bad ``size`` or ``fill``.
+    """
+    import functools
+
+    import pyarrow.fs as pafs
+    import ray
+
+    if size is not None and (len(size) != 2 or min(int(s) for s in size) <= 0):
+        raise ValueError(f"size={size!r}: expected (height, width) in pixels, both > 0")
+    if fill is not None and not 0 <= int(fill) <= 255:
+        raise ValueError(f"fill={fill!r}: a label value must fit uint8 (0-255)")
+    storage.apply_endpoint(s3_endpoint)
+    # the filesystem is pickled into Ray's read tasks: it carries the endpoint, not this process's environment
+    options = {"endpoint_url": s3_endpoint} if s3_endpoint and run.startswith("s3://") else None
+    opened = open_run(run, allow_partial=allow_partial, storage_options=options)
+    if not opened.files:
+        return ray.data.from_items([])
+    present = set(opened.dataset().schema.names)
+    columns = [c for c in READ_COLUMNS if c in present]
+    fs = pafs.PyFileSystem(pafs.FSSpecHandler(opened.fs))
+    ds = ray.data.read_parquet(opened.files, filesystem=fs, columns=columns, override_num_blocks=override_num_blocks)
+    dtype = "uint8" if len(opened.categories) < UNLABELED else "int32"  # 255 stays free for "no label"
+    decode = functools.partial(_decode_rows, statuses=tuple(status), fill=UNLABELED if fill is None else int(fill),
+                               size=None if size is None else (int(size[0]), int(size[1])),
+                               with_images=with_images, s3_endpoint=s3_endpoint, dtype=dtype, metadata=metadata)
+    return ds.flat_map(decode)
