@@ -1,0 +1,116 @@
+"""The QA report (``python -m jobs.report``): a real labeling run (tiny model, local Ray) → index.html whose
+every referenced file exists and whose numbers equal the run's own stats; uncommitted runs refused."""
+from __future__ import annotations
+
+import html.parser
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from jobs import report
+from pipeline.labels.reader import open_run
+from tests.consumer_fixtures import synthetic_run
+from tests.job_fixtures import committed_rows, run_cli
+
+
+class Page(html.parser.HTMLParser):
+    """The page's image sources and its tables (class → rows of cell texts)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sources, self.tables, self._table, self._row, self._cell = [], {}, None, None, None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.sources.append(a["src"])
+        elif tag == "table":
+            self._table = self.tables.setdefault(a.get("class"), [])
+        elif tag == "tr":
+            self._row = []
+        elif tag in ("td", "th"):
+            self._cell = ""
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self._row.append(self._cell)
+            self._cell = None
+        elif tag == "tr":
+            self._table.append(self._row)
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell += data
+
+
+def _parse(out: pathlib.Path) -> Page:
+    page = Page()
+    page.feed((out / "index.html").read_text(encoding="utf-8"))
+    return page
+
+
+@pytest.mark.slow
+def test_report_of_a_real_run_matches_its_stats(ray_local, image_dir, model_args, tmp_path, capsys):
+    summary = run_cli(["--input", str(image_dir), "--output", str(tmp_path / "labels"), *model_args])
+    run_dir = tmp_path / "labels" / "runs" / summary["run_id"]
+    out = tmp_path / "qa"
+    assert report.main([str(run_dir), "--out", str(out), "--n", "3", "--seed", "1"]) == 0
+    page = _parse(out)
+    assert page.sources, "no pictures"
+    for src in page.sources:  # every picture the page references is beside it, and is a PNG
+        assert (out / src).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", src
+    assert {"img/pixel_share.png", "img/scores.png"} <= set(page.sources)
+    assert sum(s.startswith("img/lowest-") for s in page.sources) == 3
+    assert sum(s.startswith("img/random-") for s in page.sources) == 3
+
+    success = json.loads((run_dir / "_SUCCESS.json").read_text())
+    status = {r[0]: int(r[1]) for r in page.tables["status"][1:]}
+    assert status == success["by_status"]
+    rows = committed_rows(str(tmp_path / "labels"))
+    failed = [r for r in rows if r["status"] != "ok"]
+    errors = page.tables["errors"][1:]
+    assert sorted((e[0], e[2], e[3]) for e in errors) == sorted((r["image_id"], r["status"], r["error"])
+                                                                for r in failed)
+    stages = {r[0]: float(r[1]) for r in page.tables["stages"][1:]}
+    assert stages == {k: round(v, 3) for k, v in success["stage_seconds_summed"].items()}
+    summary_table = dict(page.tables["summary"][1:])
+    assert summary_table["run"] == summary["run_id"] and int(summary_table["rows"]) == success["rows"]
+    assert summary_table["job_hash"] == success["job_hash"]
+    assert summary_table["segmenter_hash"] == success["segmenter_hash"]
+    # per-class pixels and segment counts equal the stored segments
+    names = open_run(str(run_dir)).categories
+    pixels, segments = np.zeros(len(names), np.int64), np.zeros(len(names), np.int64)
+    for r in rows:
+        for s in r["segments"]:
+            pixels[s["category_id"]] += s["area"]
+            segments[s["category_id"]] += 1
+    classes = {int(r[0]): r for r in page.tables["classes"][1:]}
+    assert set(classes) == {i for i in range(len(names)) if pixels[i] or segments[i]}
+    for i, (_, name, px, share, n) in classes.items():
+        assert (name, int(px), int(n)) == (names[i], pixels[i], segments[i])
+        assert float(share) == pytest.approx(100 * pixels[i] / pixels.sum(), abs=0.005)
+    # the least confident images come first
+    numbers = report.build(open_run(str(run_dir)), str(tmp_path / "qa2"), n=len(rows), seed=1)
+    conf = {}
+    for r in rows:
+        area = sum(s["area"] for s in r["segments"])
+        conf[r["image_id"]] = sum(s["score"] * s["area"] for s in r["segments"]) / area if area else 0.0
+    assert [conf[i] for i in numbers["lowest"]] == sorted(conf[i] for i in conf if i in numbers["lowest"])
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_report_refuses_an_uncommitted_run_unless_asked(tmp_path, capsys):
+    run_dir = synthetic_run(tmp_path)[0]
+    (pathlib.Path(run_dir) / "_SUCCESS.json").unlink()
+    assert report.main([run_dir, "--out", str(tmp_path / "qa")]) == 2
+    assert "not committed" in capsys.readouterr().err and not (tmp_path / "qa").exists()
+    assert report.main([run_dir, "--out", str(tmp_path / "qa"), "--allow-partial", "--n", "2"]) == 0
+    page = _parse(tmp_path / "qa")
+    status = {r[0]: int(r[1]) for r in page.tables["status"][1:]}
+    assert status == {"ok": 5, "decode_error": 2}  # counted from the rows when there is no _SUCCESS.json
+    for src in page.sources:
+        assert (tmp_path / "qa" / src).is_file()
