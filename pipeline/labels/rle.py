@@ -18,7 +18,9 @@ def encode_mask(mask: np.ndarray) -> Dict:
 
 def encode_masks(masks: np.ndarray) -> List[Dict]:
     """(H, W, N) bool/0-1 masks → N RLEs (one pycocotools call; it needs Fortran order)."""
-    rles = mask_utils.encode(np.asfortranarray(masks.astype(np.uint8)))
+    if masks.dtype != np.uint8 or not masks.flags.f_contiguous:
+        masks = np.asfortranarray(masks.astype(np.uint8))  # one copy; (H, W, N) uint8 in F order passes as is
+    rles = mask_utils.encode(masks)
     return [{"size": [int(r["size"][0]), int(r["size"][1])], "counts": r["counts"].decode("utf-8")} for r in rles]
 
 

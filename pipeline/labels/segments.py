@@ -89,21 +89,25 @@ def row_segments(labels: np.ndarray, class_names: Sequence[str], class_scores: O
                 for k, c in enumerate(ids)], ignore_rle
     import cv2
 
-    found = []  # (class, mask, area, score)
+    found = []  # (class, component map, component label, area, score)
     for c in ids:
         n, components = cv2.connectedComponents((kept == c).astype(np.uint8), connectivity=8)
-        areas = np.bincount(components.ravel(), minlength=n)
-        scores = np.bincount(components.ravel(), weights=label_probs.ravel().astype(np.float64), minlength=n)
-        labels_seen, first = np.unique(components.ravel(), return_index=True)  # first pixel of each, raster order
+        flat = components.ravel()
+        areas = np.bincount(flat, minlength=n)
+        scores = np.bincount(flat, weights=label_probs.ravel().astype(np.float64), minlength=n)
+        labels_seen, first = np.unique(flat, return_index=True)  # first pixel of each component, raster order
         order = [int(k) for _, k in sorted(zip(first, labels_seen)) if k != 0]
-        found += [(c, components == k, int(areas[k]), scores[k] / areas[k]) for k in order
+        found += [(c, components, k, int(areas[k]), scores[k] / areas[k]) for k in order
                   if areas[k] >= max(min_instance_area, 1)]
     if not found:
         return [], ignore_rle
-    rles = encode_masks(np.stack([m for _, m, _, _ in found], axis=2))
+    masks = np.zeros(hw + (len(found),), dtype=np.uint8, order="F")  # (H, W, K): each mask one contiguous slice
+    for j, (_, components, k, _, _) in enumerate(found):
+        np.equal(components, k, out=masks[:, :, j], casting="unsafe")
+    rles = encode_masks(masks)
     boxes = rles_bboxes(rles)
-    return [_segment(c, class_names[c], rles[k], area, boxes[k], score, hw, k + 1)
-            for k, (c, _, area, score) in enumerate(found)], ignore_rle
+    return [_segment(c, class_names[c], rles[j], area, boxes[j], score, hw, j + 1)
+            for j, (c, _, _, area, score) in enumerate(found)], ignore_rle
 
 
 # Benchmarks whose class 0 is a background class (ResCLIP's class files list its synonyms on line 1).
