@@ -57,8 +57,8 @@ def nearest(labels: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
 
 def read_labels(run: str, *, status: Iterable[str] = ("ok",), with_images: bool = False,
                 size: Optional[Tuple[int, int]] = None, fill: Optional[int] = None, allow_partial: bool = False,
-                s3_endpoint: Optional[str] = None, metadata: bool = True, override_num_blocks: Optional[int] = None
-                ) -> Any:
+                s3_endpoint: Optional[str] = None, metadata: bool = True, shared_fs: bool = False,
+                override_num_blocks: Optional[int] = None) -> Any:
     """A ``ray.data.Dataset`` streaming the rows of ``run`` (local path or s3:// URI of ``OUTPUT/runs/<id>``).
 
     Args:
@@ -72,8 +72,11 @@ def read_labels(run: str, *, status: Iterable[str] = ("ok",), with_images: bool 
         s3_endpoint: S3-compatible endpoint for the image reads in tasks (else ``AWS_ENDPOINT_URL``).
         metadata: keep the string columns (``image_id``, ``source_uri``, ``status``); ``False`` leaves only
             numbers (``label``, ``image``, ``width``, ``height``), which ``iter_torch_batches`` needs.
-    Raises ``RunNotCommitted`` / ``FileNotFoundError`` (from ``open_run``) before any task starts, and
-    ``ValueError`` for a bad ``size`` or ``fill``.
+        shared_fs: a local ``run`` path is mounted at the same path on every node; without it a local path
+            is refused on a multi-node cluster (the read tasks run on any node), as the labeling job does.
+    Raises ``RunNotCommitted`` / ``FileNotFoundError`` (from ``open_run``) before any task starts,
+    ``ValueError`` for a bad ``size`` or ``fill``, and ``ConfigError`` for a local ``run`` path on a
+    multi-node cluster without ``shared_fs``.
     """
     import functools
 
@@ -84,6 +87,10 @@ def read_labels(run: str, *, status: Iterable[str] = ("ok",), with_images: bool 
         raise ValueError(f"size={size!r}: expected (height, width) in pixels, both > 0")
     if fill is not None and not 0 <= int(fill) <= 255:
         raise ValueError(f"fill={fill!r}: a label value must fit uint8 (0-255)")
+    if ray.is_initialized():
+        from jobs import cluster
+
+        cluster.check_local([("run", run)], cluster.Placement.of_running_ray(), shared_fs)
     storage.apply_endpoint(s3_endpoint)
     # the filesystem is pickled into Ray's read tasks: it carries the endpoint, not this process's environment
     options = {"endpoint_url": s3_endpoint} if s3_endpoint and run.startswith("s3://") else None

@@ -59,6 +59,25 @@ def test_local_paths_refused_on_multi_node(cluster, moto_endpoint, model_args, t
     assert "Contents" not in s3_client(moto_endpoint).list_objects_v2(Bucket=bucket)  # nothing written
 
 
+def test_read_labels_refuses_a_local_run_on_multi_node(cluster, tmp_path):
+    """jobs.read.read_labels in a driver connected to the 3-node cluster: a local run path is refused (its read
+    tasks could run on a node without it), an explicit shared_fs passes the check."""
+    import subprocess
+    import sys
+
+    from tests.consumer_fixtures import synthetic_run
+
+    c, _, _ = cluster
+    run_dir = synthetic_run(tmp_path, n_ok=2, n_failed=0)[0]
+    code = ("import ray, sys\nfrom jobs.read import read_labels\nray.init(address=sys.argv[1])\n"
+            "try:\n    read_labels(sys.argv[2])\nexcept Exception as e:\n    print('refused:', e)\n"
+            "print('shared:', read_labels(sys.argv[2], shared_fs=True).count())\n")
+    done = subprocess.run([sys.executable, "-c", code, c.address, run_dir], capture_output=True, text=True,
+                          timeout=300, cwd=pathlib.Path(__file__).resolve().parents[1])
+    assert "refused: local path(s) --run" in done.stdout and "3 alive nodes" in done.stdout, done.stderr[-3000:]
+    assert "shared: 2" in done.stdout, done.stderr[-3000:]  # the nodes share this machine's disk here
+
+
 def test_s3_run_survives_a_removed_worker_node(cluster, moto_endpoint, model_args, tiny_weights, tiny_vocab_file,
                                                tiny_templates_file, tmp_path):
     c, workers, caches = cluster
