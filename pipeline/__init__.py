@@ -12,7 +12,8 @@ The subpackages follow the data path of one image (ARCHITECTURE.md): ``io`` (URI
 ``model`` (weights, vocabulary, text embeddings) → ``method`` (presets, pre-processing, the dense forward,
 variants, SFR, post-processing) with ``kernels`` (the CPU kernel and its torch references) →
 ``labels`` (RLE, segments, the run reader, exports, overlays, the torch Dataset) → ``evaluation``.
-``prepare`` and ``segmenter`` compose them.
+``prepare`` (``pipeline.prepare.prepare``: vocabulary → model → text embeddings) and ``segmenter`` compose
+them. (``prepare`` is not re-exported here: it is also the submodule's name.)
 """
 from pipeline.config import ConfigError, ModelConfig, SegmenterConfig
 
@@ -23,7 +24,6 @@ __all__ = [
     "Segmenter",
     "SegmentationResult",
     "Prepared",
-    "prepare",
     "get_preset",
     "list_presets",
     "get_variant",
@@ -37,7 +37,6 @@ _LAZY = {
     "Segmenter": "pipeline.segmenter",
     "SegmentationResult": "pipeline.segmenter",
     "Prepared": "pipeline.prepare",
-    "prepare": "pipeline.prepare",
     "get_preset": "pipeline.method.presets",
     "list_presets": "pipeline.method.presets",
     "get_variant": "pipeline.method.variants",

@@ -132,3 +132,17 @@ def test_dense_params_are_the_config_fields_of_the_same_name():
         shared = {f.name for f in dataclasses.fields(DenseParams)} & {f.name for f in dataclasses.fields(c)}
         assert shared == {"gaussian_std", "rcs_layers", "rcs_weights", "sfr_weights", "temp_thd",
                           "delete_same_entity", "logit_scale"}  # a renamed field would silently keep its default
+
+
+def test_public_api_names_are_the_objects_not_submodules():
+    """``from pipeline import X`` gives the documented object even after every submodule was imported (a name
+    equal to a submodule's would silently become the module)."""
+    import importlib
+    import types
+
+    import pipeline
+
+    for m in ("pipeline.segmenter", "pipeline.prepare", "pipeline.labels.reader", "pipeline.method.presets"):
+        importlib.import_module(m)
+    for name in pipeline.__all__:
+        assert not isinstance(getattr(pipeline, name), types.ModuleType), name
