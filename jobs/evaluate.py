@@ -21,7 +21,7 @@ from pipeline.evaluation.protocol import default_out_dir, evaluate, run_predicto
 from pipeline.labels.reader import UNLABELED, RunNotCommitted, open_run
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
     p.add_argument("--data-root", required=True, help="mmseg data_root of the benchmark (e.g. VOCdevkit/VOC2012)")
@@ -32,6 +32,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--text-cache", help="where to cache text embeddings (path or URI)")
     p.add_argument("--limit", type=int, help="evaluate only the first N images (sorted by name)")
     p.add_argument("--out-dir", help="report directory (default eval/<benchmark>-<time>)")
+    return p
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     if not args.run and not options.has_weights(args):
         p.error("give weights (--weights PATH | --pretrained TAG | --random-weights) or an existing --run")

@@ -26,7 +26,7 @@ from pipeline.labels.reader import UNLABELED, RunNotCommitted, class_pixel_total
 DEFAULT_TEXT_CACHE = "~/.cache/reslabel/text_embeddings"  # a vocabulary is encoded once, then read back
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.overlay", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="run directory (local or s3://); draws a contact sheet")
@@ -45,6 +45,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     options.add_model_options(p)
     p.add_argument("--text-cache", default=DEFAULT_TEXT_CACHE,
                    help="--image: directory/URI caching text embeddings per vocabulary ('none' disables)")
+    return p
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.image and not options.has_weights(args):
         p.error("--image needs --weights PATH, --pretrained TAG or --random-weights")

@@ -97,10 +97,10 @@ def read_labels(run: str, *, status: Iterable[str] = ("ok",), with_images: bool 
     opened = open_run(run, allow_partial=allow_partial, storage_options=options)
     if not opened.files:
         return ray.data.from_items([])
-    present = set(opened.dataset().schema.names)
-    columns = [c for c in READ_COLUMNS if c in present]
     fs = pafs.PyFileSystem(pafs.FSSpecHandler(opened.fs))
-    ds = ray.data.read_parquet(opened.files, filesystem=fs, columns=columns, override_num_blocks=override_num_blocks)
+    # parts of older schemas lack `ignore` (2.0) or hold `config_hash` (1.x, not read): the reader fills null
+    ds = ray.data.read_parquet(opened.files, filesystem=fs, columns=list(READ_COLUMNS),
+                               override_num_blocks=override_num_blocks)
     dtype = "uint8" if len(opened.categories) < UNLABELED else "int32"  # 255 stays free for "no label"
     decode = functools.partial(_decode_rows, statuses=tuple(status), fill=UNLABELED if fill is None else int(fill),
                                size=None if size is None else (int(size[0]), int(size[1])),

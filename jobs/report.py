@@ -98,13 +98,19 @@ def scan(run: Run, n: int, seed: int) -> RunScan:
 
 
 # ---- pictures -----------------------------------------------------------------------------------------------
-def _plot_pixel_share(names: Sequence[str], pixels: np.ndarray, path: str) -> List[Tuple[str, float]]:
-    """Horizontal bar chart of each present class's share of the labelled pixels; returns (name, share %)."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _plot_pixel_share(names: Sequence[str], pixels: np.ndarray, path: str) -> List[Tuple[str, float]]:
+    """Horizontal bar chart of each present class's share of the labelled pixels; returns (name, share %)."""
+    plt = _pyplot()
     total = int(pixels.sum())
     order = [int(i) for i in np.argsort(-pixels, kind="stable") if pixels[i] > 0]
     shares = [(names[i], 100.0 * pixels[i] / total) for i in order]
@@ -120,11 +126,7 @@ def _plot_pixel_share(names: Sequence[str], pixels: np.ndarray, path: str) -> Li
 
 def _plot_scores(names: Sequence[str], hist: np.ndarray, path: str, top: int = 6) -> None:
     """Histogram of all segment scores, and of the ``top`` classes with the most segments."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     centers = (SCORE_BINS[:-1] + SCORE_BINS[1:]) / 2
     width = SCORE_BINS[1] - SCORE_BINS[0]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
@@ -148,12 +150,10 @@ def _plot_scores(names: Sequence[str], hist: np.ndarray, path: str, top: int = 6
 def _overlay(run: Run, row: Dict, path: str, caption: str, images: Optional[str], thumb: int) -> Optional[str]:
     """Write the row's overlay (image + label map + legend) as a PNG; None (and the reason) when the image
     cannot be read."""
-    from pipeline.labels.dataset import load_rgb
+    from pipeline.labels.dataset import image_location, load_rgb
     from pipeline.labels.overlay import overlay_image
 
-    uri = row["source_uri"]
-    if images:
-        uri = os.path.join(images, uri.rstrip("/").rsplit("/", 1)[-1].split("#")[-1])
+    uri = image_location(row["source_uri"], images)
     try:
         image = load_rgb(uri)
     except (OSError, ValueError) as e:
@@ -266,6 +266,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    from jobs import cluster
+
+    if cluster.Submission.from_env().under_job and not os.path.isabs(os.path.expanduser(args.out)):
+        print(f"error: --out {args.out!r} is a relative path: under `ray job submit` it lands in Ray's temporary "
+              "copy of --working-dir, which Ray deletes after the job; give an absolute path", file=sys.stderr)
+        return 2
     storage.apply_endpoint(args.s3_endpoint)
     try:
         run = open_run(args.run, allow_partial=args.allow_partial)

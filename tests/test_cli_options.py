@@ -14,28 +14,7 @@ from pipeline.config import ConfigError
 
 SHARED = {"--model", "--pretrained", "--weights", "--random-weights", "--dtype", "--device", "--preset", "--method",
           "--base", "--vocabulary", "--templates", "--set"}
-PARSERS = {"label": label.build_parser, "evaluate": lambda: _parser_of(evaluate.parse_args),
-           "overlay": lambda: _parser_of(overlay.parse_args)}
-
-
-def _parser_of(parse_args):
-    """The ArgumentParser a command's ``parse_args`` builds (captured on its first parse)."""
-    import argparse
-
-    captured = {}
-    original = argparse.ArgumentParser.parse_args
-
-    def capture(self, *a, **k):
-        captured["p"] = self
-        raise SystemExit(0)
-
-    argparse.ArgumentParser.parse_args = capture
-    try:
-        with pytest.raises(SystemExit):
-            parse_args([])
-    finally:
-        argparse.ArgumentParser.parse_args = original
-    return captured["p"]
+PARSERS = {"label": label.build_parser, "evaluate": evaluate.build_parser, "overlay": overlay.build_parser}
 
 
 def _options(parser):

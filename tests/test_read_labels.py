@@ -40,6 +40,22 @@ def test_read_labels_streams_decoded_label_maps(ray_local, tmp_path):
         read_labels(run_dir, size=(0, 3))
 
 
+def test_read_labels_reads_a_schema_2_0_run(ray_local, tmp_path):
+    """Parts written before schema 2.1 have no ``ignore`` column and no ``instance_id``: they stream the same."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    run_dir, labels, _ = synthetic_run(tmp_path, n_ok=3, n_failed=1)
+    for path in open_run(run_dir).files:
+        t = pq.read_table(path)
+        meta = {**t.schema.metadata, b"reslabel.schema_version": b"2.0"}
+        segs = [[{k: v for k, v in s.items() if k != "instance_id"} for s in row] for row in t["segments"].to_pylist()]
+        t = t.drop_columns(["ignore", "segments"]).append_column("segments", pa.array(segs))
+        pq.write_table(t.replace_schema_metadata(meta), path)
+    got = {r["image_id"]: r["label"] for r in read_labels(run_dir).iter_rows()}
+    assert set(got) == set(labels) and all(np.array_equal(got[i], labels[i]) for i in labels)
+
+
 def test_read_labels_from_s3(ray_local, moto_endpoint, tmp_path, monkeypatch):
     run_dir, labels, _ = synthetic_run(tmp_path, n_ok=3, n_failed=1)
     s3_client(moto_endpoint).create_bucket(Bucket="readlabels")

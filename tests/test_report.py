@@ -114,3 +114,13 @@ def test_report_refuses_an_uncommitted_run_unless_asked(tmp_path, capsys):
     assert status == {"ok": 5, "decode_error": 2}  # counted from the rows when there is no _SUCCESS.json
     for src in page.sources:
         assert (tmp_path / "qa" / src).is_file()
+
+
+def test_report_refuses_a_relative_out_under_ray_job_submit(tmp_path, monkeypatch, capsys):
+    import json as _json
+
+    run_dir = synthetic_run(tmp_path)[0]
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", _json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg_x.zip"}}))
+    monkeypatch.chdir(tmp_path)
+    assert report.main([run_dir, "--out", "qa"]) == 2
+    assert "relative path" in capsys.readouterr().err and not (tmp_path / "qa").exists()

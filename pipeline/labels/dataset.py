@@ -26,13 +26,21 @@ def load_rgb(uri: str) -> np.ndarray:
     return decoded.image
 
 
+def image_location(source_uri: str, images: Optional[str] = None) -> str:
+    """Where a row's pixels are read from: ``source_uri`` itself, or ``<images>/<name>`` where name is the last
+    path component of ``source_uri`` (for a container member ``shard.tar#key.jpg``: ``key.jpg``)."""
+    if images is None:
+        return source_uri
+    return images.rstrip("/") + "/" + source_uri.rstrip("/").rsplit("/", 1)[-1].split("#")[-1]
+
+
 class LabeledImageDataset(torch_data.Dataset):
     """``torch`` Dataset of ``(image, label_map)`` pairs for the ``ok`` rows of a run.
 
     Args:
         run: an opened ``Run``.
         images: where the pixels come from: ``None`` reads each row's ``source_uri``; a directory
-            (path or URI) reads ``<images>/<basename of source_uri>``; a callable gets the row.
+            (path or URI) reads ``image_location(source_uri, images)``; a callable gets the row.
         transform: optional ``f(image, label_map) -> anything`` applied per item.
         fill: label of pixels no segment covers (255; ``run.background_fill()`` restores a dropped background).
         **filters: row filters as in ``Run.rows`` (``status`` is forced to ``"ok"``).
@@ -63,6 +71,4 @@ class LabeledImageDataset(torch_data.Dataset):
     def _load(self, row: Dict[str, Any]) -> np.ndarray:
         if callable(self.images):
             return self.images(row)
-        if self.images is None:
-            return load_rgb(row["source_uri"])
-        return load_rgb(self.images.rstrip("/") + "/" + row["source_uri"].rstrip("/").rsplit("/", 1)[-1])
+        return load_rgb(image_location(row["source_uri"], self.images))

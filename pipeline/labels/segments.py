@@ -13,6 +13,13 @@ import numpy as np
 from pipeline.labels.rle import encode_mask, encode_masks, rles_bboxes
 
 
+def _segment(c: int, name: str, rle: Dict, area: int, box: Sequence[float], score: float, hw: Tuple[int, int],
+             instance_id: Optional[int]) -> dict:
+    return {"category_id": int(c), "category_name": str(name), "rle": rle, "area": int(area),
+            "bbox": [float(v) for v in box], "score": float(score),
+            "pixel_fraction": float(area) / float(hw[0] * hw[1]), "instance_id": instance_id}
+
+
 def segments_from_labels(labels: np.ndarray, class_names: Sequence[str], class_scores: Optional[np.ndarray] = None,
                          exclude: Collection[int] = ()) -> List[dict]:
     """One segment dict (schema ``SEGMENT_TYPE``) per class present in ``labels``, sorted by class id.
@@ -31,26 +38,9 @@ def segments_from_labels(labels: np.ndarray, class_names: Sequence[str], class_s
     masks = np.stack([labels == c for c in ids], axis=2)  # (H, W, N) bool
     rles = encode_masks(masks)
     boxes = rles_bboxes(rles)  # (N, 4) XYWH
-    out = []
-    for k, c in enumerate(ids):
-        score = float(class_scores[c]) if class_scores is not None else float("nan")
-        out.append({
-            "category_id": int(c),
-            "category_name": str(class_names[c]),
-            "rle": rles[k],
-            "area": int(counts[c]),
-            "bbox": [float(v) for v in boxes[k]],
-            "score": 0.0 if np.isnan(score) else score,
-            "pixel_fraction": float(counts[c]) / float(h * w),
-        })
-    return out
-
-
-def _segment(c: int, name: str, rle: Dict, area: int, box: Sequence[float], score: float, hw: Tuple[int, int],
-             instance_id: Optional[int]) -> dict:
-    return {"category_id": int(c), "category_name": str(name), "rle": rle, "area": int(area),
-            "bbox": [float(v) for v in box], "score": float(score),
-            "pixel_fraction": float(area) / float(hw[0] * hw[1]), "instance_id": instance_id}
+    scores = [float(class_scores[c]) if class_scores is not None else float("nan") for c in ids]
+    return [_segment(c, class_names[c], rles[k], counts[c], boxes[k], 0.0 if np.isnan(s) else s, (h, w), None)
+            for k, (c, s) in enumerate(zip(ids, scores))]
 
 
 def row_segments(labels: np.ndarray, class_names: Sequence[str], class_scores: Optional[np.ndarray] = None,
