@@ -172,7 +172,7 @@ def success_record(run_id: str, run: str, manifest: Dict, parts: List[Dict], att
     top = sorted(errors.values(), key=lambda g: (-g[2], g[0], g[1]))[:TOP_ERRORS]
     parts = sorted(parts, key=lambda p: p["shard"])
     return dict(run_id=run_id, run_uri=run, schema_version=SCHEMA_VERSION, layout=layout.LAYOUT_VERSION,
-                job_hash=layout.job_hash_of(manifest), segmenter_hash=manifest.get("segmenter_hash"),
+                job_hash=layout.job_hash_of(manifest), segmenter_hash=manifest["provenance"].get("segmenter_hash"),
                 files=[{"name": p["name"], "rows": p["rows"]} for p in parts],
                 rows=sum(p["rows"] for p in parts), by_status=dict(by_status),
                 top_errors=[dict(status=s, message=m, count=c, example=e) for s, m, c, e in top],

@@ -121,7 +121,6 @@ def _choose_run(cfg: LabelJobConfig, output: str, job_hash: str) -> str:
 def _manifest(cfg, run_id: str, prep: Dict, seg_cfg, mc, planned) -> Dict:
     """The run's registration (``_plan.json``): config, provenance, categories and the plan files."""
     return dict(layout=layout.LAYOUT_VERSION, run_id=run_id, job_hash=prep["provenance"]["job_hash"],
-                segmenter_hash=prep["provenance"]["segmenter_hash"],
                 provenance=prep["provenance"],
                 categories=[{"id": i, "name": n} for i, n in enumerate(prep["class_names"])],
                 excluded_category_ids=prep["exclude"], shard_size=cfg.shard_size, rows=planned.rows,
