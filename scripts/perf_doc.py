@@ -1,0 +1,163 @@
+"""Fill the tables of docs/performance.md from bench/results/*.json, so the numbers and the files cannot drift.
+
+    .venv/bin/python scripts/perf_doc.py           # rewrite every generated block of docs/performance.md
+    .venv/bin/python scripts/perf_doc.py --check   # exit 1 and name the blocks that are out of date (a test runs it)
+
+A generated block is the text between ``<!-- table: NAME -->`` and ``<!-- /table -->``; NAME picks a renderer of
+``RENDERERS`` (one small function per family of result files). The block ``index`` lists every results file with
+its date and the CPU flags recorded in it, so a file without a table still shows up, and a table's numbers always
+come from the file it names.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import pathlib
+import re
+import sys
+from typing import Callable, Dict, List
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "performance.md"
+BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+
+
+def _load(name: str) -> dict:
+    with open(RESULTS / name) as f:
+        return json.load(f)
+
+
+def _table(head: List[str], rows: List[List[object]]) -> str:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _flags(d: dict) -> str:
+    m = d.get("machine") or {}
+    flags = m.get("cpu_flags")
+    if flags is None:
+        return "not recorded"
+    return ", ".join(flags) if flags else "none of the listed"
+
+
+def index() -> str:
+    rows = []
+    for path in sorted(RESULTS.glob("*.json")):
+        d = json.loads(path.read_text())
+        when = d.get("measured_at") or d.get("machine", {}).get("measured_at") or "–"
+        dev = (d.get("machine") or {}).get("device") or (d.get("machine") or {}).get("gpu") or "CPU"
+        rows.append([f"`{path.name}`", when[:10] if when != "–" else when, dev, _flags(d)])
+    return _table(["results file", "measured", "device", "CPU flags recorded"], rows)
+
+
+def core() -> str:
+    spec = importlib.util.spec_from_file_location("bench_core", ROOT / "bench" / "bench_core.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(ROOT))
+    spec.loader.exec_module(mod)
+    rows = [r for f in ("core_crop224.json", "core_crop224_bf16.json", "core_whole336x500.json",
+                        "core_whole336x500_q56.json") for r in _load(f)["rows"]]
+    return mod.markdown(rows)
+
+
+def bf16() -> str:
+    d = _load("bf16_agreement.json")
+    rows = [[r["preset"], r["queries"], f"{100 * r['agreement']:.2f} %", f"{100 * r['near_tie_pixels']:.1f} %",
+             f"{100 * r['agreement_outside_near_ties']:.4f} %", f"{r['speedup']:.2f}×"] for r in d["rows"]]
+    return _table(["preset", "queries", "bf16 = fp32 labels", "fp32 near-tie pixels (top-2 < 1e-3)",
+                   "agreement away from near-ties", "bf16 speed-up"], rows)
+
+
+def job() -> str:
+    rows = []
+    for name in ("job_tiny.json", "job_tiny_256.json"):
+        d = _load(name)
+        for r in d["runs"]:
+            rows.append([r["images"], f"{r['job']['wall_seconds']:.1f}", f"{r['in_process']['seconds']:.1f}",
+                         f"{r['ratio_job_over_in_process']:.2f}×", f"{r['job']['peak_rss_gib']:.2f} GiB",
+                         f"`{name}`"])
+    return _table(["images", "job wall s", "in-process s", "job / in-process speed", "job peak RSS", "file"], rows)
+
+
+def decode() -> str:
+    d = _load("decode_memory.json")
+    rows = [[c["case"], f"{c['peak_uss_mib']:.0f}", f"{c['reserved_mib']:.0f}", "yes" if c["covered"] else "NO"]
+            for c in d["cases"]]
+    return _table(["read+decode task", "peak USS MiB", "reserved MiB", "covered"], rows)
+
+
+def plan() -> str:
+    d = _load("job_scale_plan.json")
+    rows = [[r["kind"], f"{r['n']:,}", f"{r['seconds']:.1f}", f"{r['driver_peak_rss_mib']:.0f}"] for r in d["results"]]
+    inc = _load("job_scale_incremental.json")["results"][0]
+    rows.append([f"incremental: {inc['new']:,} new vs {inc['committed']:,} committed", f"{inc['planned']:,} planned",
+                 f"{inc['seconds']:.1f}", f"{inc['driver_peak_rss_mib']:.0f}"])
+    return _table(["planning", "images", "seconds", "driver peak RSS MiB"], rows)
+
+
+def label_scale() -> str:
+    rows = []
+    for name in ("job_scale_label.json", "job_scale_label_1024.json", "job_scale_cluster.json",
+                 "job_scale_label_tiny.json"):
+        for r in _load(name)["results"]:
+            rows.append([f"{r['n']:,}", r["shard_size"], r["stage"], r["nodes"], f"{r['images_per_second']:,.0f}",
+                         f"{r['driver_cpu_ms_per_row']:.3f}", f"{r['driver_peak_rss_mib']:.0f}", f"`{name}`"])
+    b = _load("job_scale_baseline.json")
+    rows.append([f"{b['images']:,}", b["shard_size"], f"stand-in, old code {b['old_commit']}", 1,
+                 f"{b['old']['images_per_second']:,.0f}", "–", f"{b['old']['driver_peak_rss_mib']:.0f}",
+                 "`job_scale_baseline.json`"])
+    return _table(["images", "shard size", "stage", "nodes", "images/s", "driver CPU ms/row", "driver peak RSS MiB",
+                   "file"], rows)
+
+
+def label_options() -> str:
+    d = _load("label_options.json")
+    seg = d["median_segment_ms"]
+    rows = [["segment stage", f"{seg:,.0f}", "–"],
+            ["segment stage with the per-pixel confidence", f"{d['median_segment_with_confidence_ms']:,.0f}", "–"]]
+    rows += [[f"encode, {k}", f"{v:.2f}", f"{100 * v / seg:.2f} %"] for k, v in d["median_encode_ms"].items()]
+    return _table(["per image (median of the sample images)", "ms", "next to the segment stage"], rows)
+
+
+RENDERERS: Dict[str, Callable[[], str]] = {
+    "index": index, "core": core, "bf16": bf16, "job": job, "decode": decode, "plan": plan,
+    "label-scale": label_scale, "label-options": label_options,
+}
+
+
+def render(text: str) -> str:
+    """``text`` with every generated block replaced by its renderer's table (unknown names are an error)."""
+    def fill(m: "re.Match[str]") -> str:
+        name = m.group("name")
+        if name not in RENDERERS:
+            raise SystemExit(f"error: docs/performance.md names an unknown table {name!r} "
+                             f"(known: {', '.join(sorted(RENDERERS))})")
+        return m.group(1) + RENDERERS[name]() + "\n" + m.group(4)
+    return BLOCK.sub(fill, text)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--check", action="store_true", help="only compare; exit 1 when a block is out of date")
+    a = ap.parse_args(argv)
+    old = DOC.read_text()
+    new = render(old)
+    if a.check:
+        stale = [m.group("name") for m, n in zip(BLOCK.finditer(old), BLOCK.finditer(new))
+                 if m.group("body") != n.group("body")]
+        if stale:
+            print(f"docs/performance.md is out of date in: {', '.join(stale)}; run scripts/perf_doc.py")
+            return 1
+        return 0
+    if new != old:
+        DOC.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    sys.exit(main())
