@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -36,6 +37,13 @@ def make_images(d: pathlib.Path, n: int, size=(320, 240)) -> None:
     d.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         Image.fromarray(photos[i % len(photos)]).resize(size).save(d / f"img{i:05d}.jpg", quality=90)
+
+
+def cpu_flags() -> List[str]:
+    """The vector-ISA flags of this CPU that decide fp32/bf16 speed (AVX2, FMA, AVX-512*, AMX*)."""
+    text = pathlib.Path("/proc/cpuinfo").read_text()
+    flags = set(re.search(r"^flags\s*:(.*)$", text, re.M).group(1).split())
+    return sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma"))
 
 
 def make_weights(arch: str, path: pathlib.Path) -> str:
@@ -137,7 +145,9 @@ def main() -> None:
               "--cpus-per-actor", str(a.cpus_per_actor), "--images-per-call", str(a.images_per_call),
               "--shard-size", "64"]
     report = dict(arch=a.arch, preset=a.preset, dtype=a.dtype, cpus_per_actor=a.cpus_per_actor,
-                  cpu_count=os.cpu_count(), runs=[])
+                  cpu_count=os.cpu_count(), measured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  machine=dict(cpu_flags=cpu_flags()),
+                  runs=[])
     for n in a.sizes:
         images = work / f"images-{n}"
         make_images(images, n)
@@ -145,7 +155,11 @@ def main() -> None:
         success = json.loads((work / f"out-{n}" / "runs" / "bench" / "_SUCCESS.json").read_text())
         ref = in_process(images, common, a.cpus_per_actor)
         job_ips = success["attempt"]["images_per_second"]
-        report["runs"].append(dict(images=n, job=dict(job, label_images_per_second=job_ips,
+        att = success["attempt"]
+        breakdown = {k: att[k] for k in ("ray_start_seconds", "hash_seconds", "plan_seconds", "prepare_seconds",
+                                         "label_seconds") if k in att}
+        breakdown["outside_run_job_seconds"] = round(job["wall_seconds"] - att["wall_seconds"], 2)  # imports, exit
+        report["runs"].append(dict(images=n, job=dict(job, label_images_per_second=job_ips, breakdown=breakdown,
                                                       stage_seconds_summed=success["stage_seconds_summed"]),
                                    in_process=ref,
                                    ratio_job_over_in_process=round(job_ips / ref["images_per_second"], 3)))

@@ -141,13 +141,16 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def format_summary(s: dict) -> str:
-    if not s.get("run_id"):
-        return f"nothing to label: every input is already committed (config {s.get('job_hash')})"
     a = s.get("attempt", {})
+    if not s.get("run_id"):
+        took = (f" ({a['wall_seconds']:.1f} s, of which Ray start-up {a.get('ray_start_seconds', 0.0):.1f} s; "
+                "no model loaded)") if "wall_seconds" in a else ""
+        return f"nothing to label: every input is already committed (config {s.get('job_hash')}){took}"
     lines = [f"run {s['run_id']}: {s['rows']} rows committed in {len(s['files'])} parts",
              f"  output: {s.get('run_uri', '?')}",
              f"  this attempt: {a.get('images_labeled', 0)} images in {a.get('label_seconds', 0)} s "
-             f"({a.get('images_per_second', 0)} images/s), total {a.get('wall_seconds', 0)} s",
+             f"({a.get('images_per_second', 0)} images/s), total {a.get('wall_seconds', 0)} s"
+             + (f" (Ray start-up {a['ray_start_seconds']} s)" if "ray_start_seconds" in a else ""),
              "  by status: " + json.dumps(s["by_status"], sort_keys=True),
              "  stage seconds (summed over images): "
              + json.dumps({k: round(v, 2) for k, v in s["stage_seconds_summed"].items()})]

@@ -1,5 +1,6 @@
-"""Orchestration of one labeling job: validate → index the inputs (tasks) → prepare (text once) → plan and
-register (tasks) → label and write parts (tasks + actors) → commit (``_SUCCESS.json`` from the write results).
+"""Orchestration of one labeling job: validate → the run's hashes (driver, no model) → index the inputs (tasks) →
+plan and register (tasks; nothing left → done) → prepare (model + text once) → label and write parts (tasks +
+actors) → commit (``_SUCCESS.json`` from the write results).
 
 ``run_job(config)`` is the Python API behind ``python -m jobs.label``; it reuses a Ray already
 initialised by the caller, else connects to ``$RAY_ADDRESS``/``ray_address`` or starts a local Ray.
@@ -53,15 +54,30 @@ class JobError(RuntimeError):
     """The job cannot run (config/run-id conflict); raised before any labeling work."""
 
 
-def _prepare(seg_cfg, mc, vocab, cache_uri: str, row_options: Dict, background: str, threads: int,
-             s3_endpoint: Optional[str]) -> Dict:
-    """Ray task: ``pipeline.prepare`` (the model once, the cached text embeddings or computed ones, the
-    provenance), plus the job's hash over the segmenter's hash and the options that change rows.
+def _identity(cfg: LabelJobConfig, seg_cfg, mc, vocab) -> Dict:
+    """What the run's rows say about how they were made, computed on the driver without loading the model: the
+    provenance (weights digested as ``build_model`` would report them, ``pipeline.model.clip.weights_identity``),
+    the job's hash over the segmenter's hash and the options that change rows, the classes and the excluded
+    background. Planning needs only this, so a run with nothing to label never loads a model."""
+    from pipeline.labels.segments import background_ids
+    from pipeline.model.clip import weights_identity
+    from pipeline.prepare import provenance
+
+    prov = provenance(seg_cfg, mc, weights_identity(mc), vocab)
+    exclude = background_ids(seg_cfg.vocabulary, vocab.class_names, cfg.background)
+    job_hash = hashlib.sha256(json.dumps([prov["segmenter_hash"], cfg.row_options(), exclude]).encode())
+    job_hash = job_hash.hexdigest()[:16]
+    prov.update(job_hash=job_hash, code_version=code_version())  # the driver's: the code this job was submitted with
+    return dict(provenance=prov, class_names=list(vocab.class_names), exclude=exclude)
+
+
+def _prepare(seg_cfg, mc, vocab, cache_uri: str, threads: int, s3_endpoint: Optional[str]) -> Dict:
+    """Ray task: ``pipeline.prepare`` (the model once, the cached text embeddings or computed ones); returns the
+    text embeddings and the weights digest of the model it built (the driver checks it against its own).
 
     The driver writes a freshly computed cache (this task may run on a node whose disk it cannot see)."""
     import torch
 
-    from pipeline.labels.segments import background_ids
     from pipeline.prepare import prepare
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -70,11 +86,7 @@ def _prepare(seg_cfg, mc, vocab, cache_uri: str, row_options: Dict, background: 
     if not torch.cuda.is_available():
         torch.set_num_threads(max(1, threads))
     prepared = prepare(seg_cfg, mc, vocabulary=vocab, text_cache=cache_uri, write_cache=False)
-    prov = prepared.provenance
-    exclude = background_ids(seg_cfg.vocabulary, vocab.class_names, background)
-    job_hash = hashlib.sha256(json.dumps([prov["segmenter_hash"], row_options, exclude]).encode()).hexdigest()[:16]
-    return dict(text=prepared.text, provenance={**prov, "job_hash": job_hash}, class_names=list(vocab.class_names),
-                exclude=exclude)
+    return dict(text=prepared.text, weights_digest=prepared.weights_digest)
 
 
 def _write_text_cache(cache_uri: str, te) -> None:
@@ -91,14 +103,17 @@ def _cluster_address(cfg: LabelJobConfig) -> Optional[str]:
     return cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
 
 
-def _init_ray(cfg: LabelJobConfig) -> bool:
-    """Connect or start Ray; True when this call started it (and must shut it down)."""
+def _init_ray(cfg: LabelJobConfig, timings: Dict[str, float]) -> bool:
+    """Connect or start Ray; True when this call started it (and must shut it down). Adds the seconds it took
+    to ``timings["ray_start_seconds"]``."""
     import ray
 
     if ray.is_initialized():
         return False
+    t = time.perf_counter()
     address = _cluster_address(cfg)
     ray.init(address=address) if address else ray.init(address="local")
+    timings["ray_start_seconds"] = round(timings.get("ray_start_seconds", 0.0) + time.perf_counter() - t, 3)
     return True
 
 
@@ -190,6 +205,7 @@ def run_job(cfg: LabelJobConfig, *, segment_stage: type = SegmentStage) -> Dict:
     from pipeline.model.vocabulary import Vocabulary
 
     t0 = time.perf_counter()
+    timings: Dict[str, float] = {}
     cfg.validate()
     cluster.check_relative(cfg.task_paths(), cluster.Submission.from_env(), os.getcwd())
     cfg = cfg.with_absolute_paths()
@@ -201,7 +217,7 @@ def run_job(cfg: LabelJobConfig, *, segment_stage: type = SegmentStage) -> Dict:
     started = False
     try:
         if _cluster_address(cfg) and not ray.is_initialized():
-            started = _init_ray(cfg)  # connect first: the cluster's nodes decide which local paths are safe
+            started = _init_ray(cfg, timings)  # connect first: the nodes decide which local paths are safe
         if ray.is_initialized():
             cluster.check_local(cfg.task_paths(), cluster.Placement.of_running_ray(), cfg.shared_fs)
         if cfg.weights:
@@ -214,31 +230,42 @@ def run_job(cfg: LabelJobConfig, *, segment_stage: type = SegmentStage) -> Dict:
         if not registered and storage.kind(source) is None and not any(ch in source for ch in "*?["):
             raise InputError(f"input {source}: no such file, directory or prefix")
         storage.check_writable(output)
-        started = _init_ray(cfg) or started
+        t = time.perf_counter()
+        prep = _identity(cfg, seg_cfg, mc, vocab)  # the hashes, without the model
+        timings["hash_seconds"] = round(time.perf_counter() - t, 3)
+        started = _init_ray(cfg, timings) or started
+        t = time.perf_counter()
         planner = Planner(InputOptions(cfg.bytes_column, cfg.id_column, cfg.uri_column), RETRY_POLICIES[cfg.retry],
                           cfg.s3_endpoint)
         attempt = uuid.uuid4().hex[:8]
         staging = storage.join(output, layout.PLANNING, attempt)
         try:
             indexed = None if registered else planner.index(source, cfg.input_format, staging)  # listed once
-            prep = _run_prepare(cfg, output, seg_cfg, mc, vocab)
-            t_prepare = time.perf_counter() - t0
             run_id, manifest = _register(cfg, output, planner, indexed, attempt, prep, seg_cfg, mc)
         finally:
             planner.discard(staging)
+        timings["plan_seconds"] = round(time.perf_counter() - t, 3)
         if run_id is None:
-            log.warning("nothing to label: every input is committed for config %s", prep["provenance"]["job_hash"])
-            return dict(run_id=None, rows=0, new_images=0, job_hash=prep["provenance"]["job_hash"],
-                        segmenter_hash=prep["provenance"]["segmenter_hash"])
-        return _label_and_commit(cfg, output, run_id, manifest, prep, seg_cfg, mc, vocab, t0, t_prepare,
+            job_hash = prep["provenance"]["job_hash"]
+            wall = time.perf_counter() - t0
+            log.warning("nothing to label: every input is committed for config %s (%.1f s, of which Ray start-up "
+                        "%.1f s; no model loaded)", job_hash, wall, timings.get("ray_start_seconds", 0.0))
+            return dict(run_id=None, rows=0, new_images=0, job_hash=job_hash,
+                        segmenter_hash=prep["provenance"]["segmenter_hash"],
+                        attempt=dict(wall_seconds=round(wall, 3), **timings))
+        t = time.perf_counter()
+        prep["text"] = _run_prepare(cfg, output, seg_cfg, mc, vocab, prep["provenance"]["weights_digest"])
+        timings["prepare_seconds"] = round(time.perf_counter() - t, 3)
+        return _label_and_commit(cfg, output, run_id, manifest, prep, seg_cfg, mc, vocab, t0, timings,
                                  segment_stage)
     finally:
         if started:
             ray.shutdown()
 
 
-def _run_prepare(cfg: LabelJobConfig, output: str, seg_cfg, mc, vocab) -> Dict:
-    """The prepare task (model + text embeddings, once per job), then the text cache written from here."""
+def _run_prepare(cfg: LabelJobConfig, output: str, seg_cfg, mc, vocab, weights_digest: str):
+    """The prepare task (model + text embeddings, once per job), then the text cache written from here; returns
+    the text embeddings. The model it built must have the weights the driver hashed the run with."""
     import ray
 
     cache_uri = cfg.text_cache or storage.join(output, layout.TEXT_CACHE)
@@ -246,11 +273,12 @@ def _run_prepare(cfg: LabelJobConfig, output: str, seg_cfg, mc, vocab) -> Dict:
              vocab.num_queries, len(vocab.templates), cache_uri)
     task = ray.remote(max_calls=1)(_prepare).options(  # its worker exits after: the model's memory is freed
         num_cpus=cfg.cpus_per_actor, num_gpus=min(cfg.gpus_per_actor, 1.0) or None)
-    prep = ray.get(task.remote(seg_cfg, mc, vocab, cache_uri, cfg.row_options(), cfg.background,
-                               int(cfg.cpus_per_actor), cfg.s3_endpoint))
-    prep["provenance"]["code_version"] = code_version()  # the driver's: the code this job was submitted with
-    _write_text_cache(cache_uri, prep["text"])
-    return prep
+    out = ray.get(task.remote(seg_cfg, mc, vocab, cache_uri, int(cfg.cpus_per_actor), cfg.s3_endpoint))
+    if out["weights_digest"] != weights_digest:
+        raise JobError(f"weights {mc.weights or mc.pretrained}: the model was built from {out['weights_digest']}, "
+                       f"the run was planned with {weights_digest} (the file changed during the job?)")
+    _write_text_cache(cache_uri, out["text"])
+    return out["text"]
 
 
 def policy_failure(summary: Dict, max_error_rate: float) -> Optional[str]:
@@ -268,7 +296,7 @@ def policy_failure(summary: Dict, max_error_rate: float) -> Optional[str]:
 
 
 def _label_and_commit(cfg, output: str, run_id: str, manifest: Dict, prep: Dict, seg_cfg, mc, vocab, t0: float,
-                      t_prepare: float, segment_stage: type) -> Dict:
+                      timings: Dict[str, float], segment_stage: type) -> Dict:
     import ray
 
     run = commit.run_uri(output, run_id)
@@ -295,7 +323,7 @@ def _label_and_commit(cfg, output: str, run_id: str, manifest: Dict, prep: Dict,
     t_label, cpu_label = time.perf_counter() - t1, time.process_time() - cpu1
     parts += commit.read_part_stats(run, done)  # parts an earlier attempt committed: their footers only
     attempt = dict(images_labeled=labeled, shards_resumed=len(done), wall_seconds=round(time.perf_counter() - t0, 3),
-                   prepare_seconds=round(t_prepare, 3), label_seconds=round(t_label, 3),
+                   **timings, label_seconds=round(t_label, 3),
                    images_per_second=round(labeled / t_label, 3) if t_label > 0 and labeled else 0.0,
                    driver_cpu_label_seconds=round(cpu_label, 3), driver_peak_rss_mib=round(_peak_rss_mib(), 1))
     record = commit.success_record(run_id, run, manifest, parts, attempt)

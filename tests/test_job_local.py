@@ -68,3 +68,6 @@ def test_images_end_to_end_then_incremental(ray_local, image_dir, model_args, tm
     # nothing new: no run is created
     s3 = run_cli(["--input", str(src), "--output", str(out), *model_args])
     assert s3["run_id"] is None and len(list((out / "runs").iterdir())) == 2
+    assert s3["job_hash"] == s1["job_hash"] == s2["job_hash"]
+    assert "prepare_seconds" not in s3["attempt"]  # decided from the hashes: no model loaded, no text encoded
+    assert s2["attempt"]["prepare_seconds"] > 0

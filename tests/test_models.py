@@ -2,7 +2,9 @@
 open_clip attributes the dense forward reads (pinned on the installed version)."""
 from __future__ import annotations
 
+import hashlib
 import os
+import pathlib
 import pickle
 import zipfile
 
@@ -19,6 +21,7 @@ from pipeline.model.clip import (
     load_state_dict,
     resolve_arch,
     vision_parts,
+    weights_identity,
 )
 from tests.conftest import make_openclip_model
 
@@ -86,6 +89,7 @@ def test_weights_round_trip(fmt, suffix, tiny_arch, reference, tmp_path):
     x = torch.randn(2, 3, 224, 224)
     torch.testing.assert_close(_visual_out(model, x), _visual_out(reference, x), rtol=0, atol=0)
     assert digest.startswith("sha256:") and len(digest) == 7 + 64
+    assert weights_identity(ModelConfig(arch=tiny_arch, weights=str(path))) == digest  # the job plans with this
     acts = {type(b.mlp.gelu).__name__ for b in model.visual.transformer.resblocks}
     assert acts == {"QuickGELU"}
 
@@ -120,6 +124,26 @@ def test_mismatch_names_file_and_first_key(tiny_arch, reference, tmp_path):
     torch.save(sd, path)
     with pytest.raises(WeightsError, match=r"shape.pt: missing key 'visual.proj'"):
         build_model(ModelConfig(arch=tiny_arch, weights=str(path)))
+
+
+def test_weights_identity_without_building(tiny_arch, tiny_weights, tmp_path, moto_endpoint):
+    """The digest the job's driver plans with equals build_model's, for every kind of weights source, and a
+    remote object is hashed as it streams (no local copy) and re-hashed when it is replaced."""
+    from jobs import storage
+    from tests.job_fixtures import s3_client
+
+    for mc in (ModelConfig(arch=tiny_arch, random_init=True, seed=3),
+               ModelConfig(arch=tiny_arch, weights=tiny_weights)):
+        assert weights_identity(mc) == build_model(mc)[1]
+    storage.apply_endpoint(moto_endpoint)
+    c = s3_client(moto_endpoint)
+    c.create_bucket(Bucket="rl-identity")
+    data = pathlib.Path(tiny_weights).read_bytes()
+    c.put_object(Bucket="rl-identity", Key="w.pt", Body=data)
+    remote = ModelConfig(arch=tiny_arch, weights="s3://rl-identity/w.pt")
+    assert weights_identity(remote) == build_model(remote)[1] == "sha256:" + hashlib.sha256(data).hexdigest()
+    c.put_object(Bucket="rl-identity", Key="w.pt", Body=data + b"x")  # replaced: a new ETag, a new digest
+    assert weights_identity(remote) == "sha256:" + hashlib.sha256(data + b"x").hexdigest()
 
 
 def test_unknown_arch_lists_valid_names():

@@ -182,19 +182,48 @@ def fetch_weights(uri: str) -> str:
 
 
 def weights_digest(path: str) -> str:
-    """sha256 of the file's bytes (hex), cached in a sidecar keyed by size and mtime."""
+    """sha256 of the local file's bytes (hex), cached in a sidecar keyed by path, size and mtime."""
     st = os.stat(path)
-    side = _cache_dir() / "digests" / hashlib.sha256(
-        f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+    return _cached_digest(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}", lambda: open(path, "rb"))
+
+
+def _cached_digest(key: str, opener) -> str:
+    """sha256 (hex) of the stream ``opener()`` returns, remembered under ``key`` (which must change whenever the
+    bytes do: size + mtime for a file, size + ETag for an object)."""
+    side = _cache_dir() / "digests" / hashlib.sha256(key.encode()).hexdigest()
     if side.exists():
         return side.read_text().strip()
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with opener() as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     side.parent.mkdir(parents=True, exist_ok=True)
-    side.write_text(h.hexdigest())
+    tmp = side.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(h.hexdigest())
+    os.replace(tmp, side)
     return h.hexdigest()
+
+
+def weights_identity(mc: ModelConfig) -> str:
+    """The ``weights_digest`` provenance string ``build_model(mc)`` reports, without building the model:
+    ``open_clip:NAME:TAG``, ``random:NAME:seedN`` or ``sha256:HEX`` of the weights file's bytes. A remote file is
+    hashed as it streams (nothing is stored but the digest), once per (URI, size, ETag) on this machine; a node
+    that later fetches the same object finds the same digest (the bytes are the same). The labeling job's driver
+    uses this to compute the run's hashes, and so to find that nothing is left to label, before any model
+    loads."""
+    from pipeline.io import uri as uris
+
+    mc.validate()
+    name = resolve_arch(mc.arch, mc.arch_json)
+    if mc.pretrained is not None:
+        return f"open_clip:{name}:{mc.pretrained}"
+    if mc.weights is None:
+        return f"random:{name}:seed{mc.seed}"
+    info = check_weights(mc.weights)
+    if info is None:  # a local file
+        return "sha256:" + weights_digest(uris.split(mc.weights)[1])
+    key = f"{mc.weights}|{info['size']}|{info['tag']}"
+    return "sha256:" + _cached_digest(key, lambda: uris.open_read(mc.weights))
 
 
 def _is_torchscript(path: str, source: str) -> bool:
@@ -426,5 +455,6 @@ def arch_display_name(arch: str) -> str:
 
 
 __all__ = ["VisionParts", "Block", "vision_parts", "resolve_arch", "inline_arch", "check_weights", "fetch_weights",
-           "weights_digest", "load_state_dict", "check_state_dict", "build_model", "tokenizer_for", "WeightsError",
+           "weights_digest", "weights_identity", "load_state_dict", "check_state_dict", "build_model", "tokenizer_for",
+           "WeightsError",
            "TORCH_DTYPES", "resolve_device", "arch_display_name", "slow_cpu_dtype"]
