@@ -145,8 +145,9 @@ def _manifest(cfg, run_id: str, prep: Dict, seg_cfg, mc, planned) -> Dict:
 
 
 def _register(cfg, output: str, planner: Planner, indexed: Optional[Indexed], attempt: str, prep: Dict, seg_cfg,
-              mc) -> Tuple[Optional[str], Optional[Dict]]:
-    """Find or create the run to work on: ``(run_id, manifest)``, or ``(None, None)`` when nothing is left."""
+              mc) -> Tuple[Optional[str], Optional[Dict], bool]:
+    """Find or create the run to work on: ``(run_id, manifest, created)`` (``created``: registered by this call),
+    or ``(None, None, False)`` when nothing is left."""
     job_hash = prep["provenance"]["job_hash"]
     run_id = _choose_run(cfg, output, job_hash)
     run = commit.run_uri(output, run_id)
@@ -155,18 +156,30 @@ def _register(cfg, output: str, planner: Planner, indexed: Optional[Indexed], at
         if layout.job_hash_of(manifest) != job_hash:
             raise JobError(f"run {run_id} was planned with config {layout.job_hash_of(manifest)}, this job is "
                            f"{job_hash}; use a new --run-id")
-        return run_id, manifest
+        return run_id, manifest, False
     if indexed is None:  # a registered run was expected here (see run_job)
         raise JobError(f"run {run_id} is not registered any more under {output}")
     planned = planner.write_plan(indexed, run, attempt, cfg.shard_size, commit.committed_part_uris(output, job_hash))
     if planned.rows == 0:
-        return None, None
+        return None, None, False
     manifest = _manifest(cfg, run_id, prep, seg_cfg, mc, planned)
     if not commit.write_manifest(run, manifest):
         raise JobError(f"run {run_id} was registered concurrently by another job")
     log.info("run %s: %d images in %d shards (%d already labeled)", run_id, planned.rows, manifest["shards"],
              planned.excluded)
-    return run_id, manifest
+    return run_id, manifest, True
+
+
+def _withdraw(run: str) -> None:
+    """Delete a run this attempt registered and never labeled (its model could not be prepared), so that a
+    config that cannot load leaves no unfinished run behind for the next attempt to resume. Best effort: a
+    leftover is an unfinished run with no parts, which the next run of the config resumes."""
+    try:
+        fs, path = storage.fs_for(run)
+        if storage.kind(run) is not None:
+            fs.rm(path, recursive=True)
+    except OSError as e:
+        log.warning("could not withdraw run %s: %s", run, e)
 
 
 def _label(cfg, run: str, plan: PlanLocator, todo: List[int], prep: Dict, text_ref, seg_cfg, mc, vocab,
@@ -241,7 +254,7 @@ def run_job(cfg: LabelJobConfig, *, segment_stage: type = SegmentStage) -> Dict:
         staging = storage.join(output, layout.PLANNING, attempt)
         try:
             indexed = None if registered else planner.index(source, cfg.input_format, staging)  # listed once
-            run_id, manifest = _register(cfg, output, planner, indexed, attempt, prep, seg_cfg, mc)
+            run_id, manifest, created = _register(cfg, output, planner, indexed, attempt, prep, seg_cfg, mc)
         finally:
             planner.discard(staging)
         timings["plan_seconds"] = round(time.perf_counter() - t, 3)
@@ -254,7 +267,12 @@ def run_job(cfg: LabelJobConfig, *, segment_stage: type = SegmentStage) -> Dict:
                         segmenter_hash=prep["provenance"]["segmenter_hash"],
                         attempt=dict(wall_seconds=round(wall, 3), **timings))
         t = time.perf_counter()
-        prep["text"] = _run_prepare(cfg, output, seg_cfg, mc, vocab, prep["provenance"]["weights_digest"])
+        try:
+            prep["text"] = _run_prepare(cfg, output, seg_cfg, mc, vocab, prep["provenance"]["weights_digest"])
+        except BaseException:
+            if created:  # nothing was labeled: leave no run behind for a config whose model cannot load
+                _withdraw(commit.run_uri(output, run_id))
+            raise
         timings["prepare_seconds"] = round(time.perf_counter() - t, 3)
         return _label_and_commit(cfg, output, run_id, manifest, prep, seg_cfg, mc, vocab, t0, timings,
                                  segment_stage)

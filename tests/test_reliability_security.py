@@ -43,7 +43,7 @@ def test_job_refuses_malicious_weights(ray_local, model_args, tmp_path, monkeypa
         run_cli(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
                  *_swap(model_args, "--weights", str(evil))])
     assert not marker.exists()
-    assert not (tmp_path / "out" / "runs").exists()  # no run registered
+    assert not list((tmp_path / "out").glob("runs/*"))  # no run left registered (it was withdrawn)
     # the CLI turns the refusal into a clear error and exit code 2, not a traceback
     code = main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
                  *_swap(model_args, "--weights", str(evil))])
