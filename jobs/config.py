@@ -76,6 +76,8 @@ class LabelJobConfig:
     instances: bool = False  # one segment per connected component of each class (instance_id), not per class
     min_instance_area: int = 0  # with instances: components smaller than this (pixels) are dropped
     ignore_below: Optional[float] = None  # pixels whose winning probability is below this: the row's ignore RLE
+    if_running: str = "skip"  # a live run of the same config holds the lease: skip (exit 75) | wait (jobs/lease.py)
+    lease_ttl: float = 120.0  # seconds without a heartbeat after which a run's lease expires (then it is resumable)
 
     def validate(self) -> "LabelJobConfig":
         if self.input_format not in INPUT_FORMATS:
@@ -101,6 +103,10 @@ class LabelJobConfig:
             if not isinstance(name, str) or not name or isinstance(amount, bool) \
                     or not isinstance(amount, (int, float)) or amount <= 0:
                 raise ConfigError(f"--actor-resources: {name!r}: {amount!r} must map a resource name to a number > 0")
+        if self.if_running not in ("skip", "wait"):
+            raise ConfigError(f"--if-running {self.if_running!r}; valid: skip, wait")
+        if not self.lease_ttl >= 2.0:
+            raise ConfigError(f"--lease-ttl {self.lease_ttl} must be >= 2 seconds")
         problem = None if self.run_id is None else run_id_problem(self.run_id)
         if problem:
             raise ConfigError(problem)

@@ -17,6 +17,7 @@ from typing import List, Optional
 from jobs import options
 from jobs.config import RETRY_POLICIES, LabelJobConfig
 from jobs.inputs import INPUT_FORMATS, InputError
+from jobs.lease import EXIT_SKIPPED, LeaseLost, RunInProgress
 from jobs.runner import JobError
 from pipeline.config import ConfigError
 from pipeline.kernels.native import KernelBuildError
@@ -65,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     a("--shared-fs", action="store_true",
       help="local --input/--output/--weights/--text-cache paths are on a filesystem every node mounts (multi-node)")
+    a("--if-running", default=LabelJobConfig.if_running, choices=("skip", "wait"),
+      help="a run of the same config and output is in progress (holds its lease): skip = exit 75 naming it, "
+           "wait = wait until it commits or its lease expires, then label what is still new (docs/job.md)")
+    a("--lease-ttl", type=float, default=LabelJobConfig.lease_ttl, metavar="SECONDS",
+      help="a run's lease expires this long after its driver's last heartbeat (every TTL/4); only then is a "
+           "crashed run resumed by another run")
     a("--max-error-rate", type=float, default=LabelJobConfig.max_error_rate,
       help="exit 3 (job FAILED) when a larger share of the run's rows is not ok; the rows are committed anyway")
     return p
@@ -88,8 +95,9 @@ def config_from_args(argv: Optional[List[str]] = None) -> LabelJobConfig:
 
 EXIT_ERROR = 2  # the job could not run: bad config, input, weights, paths (`error: ...`)
 EXIT_FAILED_RUN = 3  # the run is committed, but too many of its rows failed (--max-error-rate)
+# EXIT_SKIPPED = 75 (jobs.lease): --if-running skip found a live run of the same config; nothing was labeled
 USER_ERRORS = (ConfigError, InputError, JobError, KeyError, PermissionError, FileNotFoundError, WeightsError,
-               KernelBuildError)
+               KernelBuildError, LeaseLost)
 _TRACEBACK_LAST_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+): (.+)$")
 
 
@@ -114,7 +122,8 @@ def user_error(exc: BaseException) -> Optional[str]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """The CLI: exit 0 (committed, or nothing to label), 2 (`error: ...`, nothing labeled), 3 (committed, but the
-    run failed --max-error-rate; the summary names the most frequent errors), 1 (an unexpected crash)."""
+    run failed --max-error-rate; the summary names the most frequent errors), 75 (skipped: a live run of the same
+    config holds the lease, ``--if-running skip``), 1 (an unexpected crash)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from jobs.runner import policy_failure, run_job
 
@@ -123,6 +132,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if cfg.random_weights:
             print(SMOKE_WARNING, file=sys.stderr, flush=True)
         summary = run_job(cfg)
+    except RunInProgress as e:
+        print(str(e), file=sys.stderr, flush=True)
+        return EXIT_SKIPPED
     except Exception as e:  # noqa: BLE001 - known errors become one line; the rest keeps its traceback
         message = user_error(e)
         if message is None:

@@ -1,4 +1,5 @@
-"""Orchestration of one labeling job: validate → the run's hashes (driver, no model) → index the inputs (tasks) →
+"""Orchestration of one labeling job: validate → the run's hashes (driver, no model) → the run lease of (output,
+job_hash) (``jobs.lease``: skip or wait while a live run holds it) → index the inputs (tasks) →
 plan and register (tasks; nothing left → done) → prepare (model + text once) → label and write parts (tasks +
 actors) → commit (``_SUCCESS.json`` from the write results).
 
@@ -7,6 +8,7 @@ initialised by the caller, else connects to ``$RAY_ADDRESS``/``ray_address`` or 
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -16,7 +18,7 @@ import time
 import uuid
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from jobs import cluster, commit, storage
+from jobs import cluster, commit, lease, storage
 from jobs.config import RETRY_POLICIES, LabelJobConfig
 from jobs.dispatch import Dispatch, free_cpus, label_shards
 from jobs.inputs import InputError, InputOptions
@@ -128,7 +130,7 @@ def _choose_run(cfg: LabelJobConfig, output: str, job_hash: str) -> str:
     if len(unfinished) > 1:
         raise JobError(f"several unfinished runs of this config: {unfinished}; resume each with --run-id")
     if unfinished:
-        log.warning("resuming unfinished run %s of the same config", unfinished[0])
+        log.warning("resuming unfinished run %s of the same config (no live run holds its lease)", unfinished[0])
         return unfinished[0]
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
 
@@ -145,9 +147,10 @@ def _manifest(cfg, run_id: str, prep: Dict, seg_cfg, mc, planned) -> Dict:
 
 
 def _register(cfg, output: str, planner: Planner, indexed: Optional[Indexed], attempt: str, prep: Dict, seg_cfg,
-              mc) -> Tuple[Optional[str], Optional[Dict], bool]:
+              mc, held: lease.Lease) -> Tuple[Optional[str], Optional[Dict], bool]:
     """Find or create the run to work on: ``(run_id, manifest, created)`` (``created``: registered by this call),
-    or ``(None, None, False)`` when nothing is left."""
+    or ``(None, None, False)`` when nothing is left. Called only while ``held`` is this config's lease: an
+    unfinished run found here is not live."""
     job_hash = prep["provenance"]["job_hash"]
     run_id = _choose_run(cfg, output, job_hash)
     run = commit.run_uri(output, run_id)
@@ -163,6 +166,7 @@ def _register(cfg, output: str, planner: Planner, indexed: Optional[Indexed], at
     if planned.rows == 0:
         return None, None, False
     manifest = _manifest(cfg, run_id, prep, seg_cfg, mc, planned)
+    held.check()  # a driver that lost its lease registers nothing
     if not commit.write_manifest(run, manifest):
         raise JobError(f"run {run_id} was registered concurrently by another job")
     log.info("run %s: %d images in %d shards (%d already labeled)", run_id, planned.rows, manifest["shards"],
@@ -246,39 +250,50 @@ def run_job(cfg: LabelJobConfig, *, segment_stage: type = SegmentStage) -> Dict:
         t = time.perf_counter()
         prep = _identity(cfg, seg_cfg, mc, vocab)  # the hashes, without the model
         timings["hash_seconds"] = round(time.perf_counter() - t, 3)
-        started = _init_ray(cfg, timings) or started
-        t = time.perf_counter()
-        planner = Planner(InputOptions(cfg.bytes_column, cfg.id_column, cfg.uri_column), RETRY_POLICIES[cfg.retry],
-                          cfg.s3_endpoint)
-        attempt = uuid.uuid4().hex[:8]
-        staging = storage.join(output, layout.PLANNING, attempt)
-        try:
-            indexed = None if registered else planner.index(source, cfg.input_format, staging)  # listed once
-            run_id, manifest, created = _register(cfg, output, planner, indexed, attempt, prep, seg_cfg, mc)
-        finally:
-            planner.discard(staging)
-        timings["plan_seconds"] = round(time.perf_counter() - t, 3)
-        if run_id is None:
-            job_hash = prep["provenance"]["job_hash"]
-            wall = time.perf_counter() - t0
-            log.warning("nothing to label: every input is committed for config %s (%.1f s, of which Ray start-up "
-                        "%.1f s; no model loaded)", job_hash, wall, timings.get("ray_start_seconds", 0.0))
-            return dict(run_id=None, rows=0, new_images=0, job_hash=job_hash,
-                        segmenter_hash=prep["provenance"]["segmenter_hash"],
-                        attempt=dict(wall_seconds=round(wall, 3), **timings))
-        t = time.perf_counter()
-        try:
-            prep["text"] = _run_prepare(cfg, output, seg_cfg, mc, vocab, prep["provenance"]["weights_digest"])
-        except BaseException:
-            if created:  # nothing was labeled: leave no run behind for a config whose model cannot load
-                _withdraw(commit.run_uri(output, run_id))
-            raise
-        timings["prepare_seconds"] = round(time.perf_counter() - t, 3)
-        return _label_and_commit(cfg, output, run_id, manifest, prep, seg_cfg, mc, vocab, t0, timings,
-                                 segment_stage)
+        with contextlib.ExitStack() as leases:  # the config's run lease, released on return and on any error
+            t = time.perf_counter()  # before Ray starts: a run that skips or waits holds no cluster resources
+            held = leases.enter_context(_acquire_lease(cfg, output, prep["provenance"]["job_hash"]))
+            timings["lease_seconds"] = round(time.perf_counter() - t, 3)
+            started = _init_ray(cfg, timings) or started
+            t = time.perf_counter()
+            planner = Planner(InputOptions(cfg.bytes_column, cfg.id_column, cfg.uri_column),
+                              RETRY_POLICIES[cfg.retry], cfg.s3_endpoint)
+            attempt = uuid.uuid4().hex[:8]
+            staging = storage.join(output, layout.PLANNING, attempt)
+            try:
+                indexed = None if registered else planner.index(source, cfg.input_format, staging)  # listed once
+                run_id, manifest, created = _register(cfg, output, planner, indexed, attempt, prep, seg_cfg, mc, held)
+            finally:
+                planner.discard(staging)
+            timings["plan_seconds"] = round(time.perf_counter() - t, 3)
+            if run_id is None:
+                job_hash = prep["provenance"]["job_hash"]
+                wall = time.perf_counter() - t0
+                log.warning("nothing to label: every input is committed for config %s (%.1f s, of which Ray "
+                            "start-up %.1f s; no model loaded)", job_hash, wall, timings.get("ray_start_seconds", 0.0))
+                return dict(run_id=None, rows=0, new_images=0, job_hash=job_hash,
+                            segmenter_hash=prep["provenance"]["segmenter_hash"],
+                            attempt=dict(wall_seconds=round(wall, 3), **timings))
+            held.update(run_id=run_id, state="labeling")
+            t = time.perf_counter()
+            try:
+                prep["text"] = _run_prepare(cfg, output, seg_cfg, mc, vocab, prep["provenance"]["weights_digest"])
+            except BaseException:
+                if created:  # nothing was labeled: leave no run behind for a config whose model cannot load
+                    _withdraw(commit.run_uri(output, run_id))
+                raise
+            timings["prepare_seconds"] = round(time.perf_counter() - t, 3)
+            return _label_and_commit(cfg, output, run_id, manifest, prep, seg_cfg, mc, vocab, t0, timings,
+                                     segment_stage, held)
     finally:
         if started:
             ray.shutdown()
+
+
+def _acquire_lease(cfg: LabelJobConfig, output: str, job_hash: str) -> lease.Lease:
+    """This config's run lease (``jobs.lease``), taken before any unfinished run is looked for or planning
+    starts: a live run of the config makes this run skip (``RunInProgress``) or wait (``--if-running``)."""
+    return lease.Lease(output, job_hash, cfg.lease_ttl).acquire(cfg.if_running)
 
 
 def _run_prepare(cfg: LabelJobConfig, output: str, seg_cfg, mc, vocab, weights_digest: str):
@@ -314,7 +329,7 @@ def policy_failure(summary: Dict, max_error_rate: float) -> Optional[str]:
 
 
 def _label_and_commit(cfg, output: str, run_id: str, manifest: Dict, prep: Dict, seg_cfg, mc, vocab, t0: float,
-                      timings: Dict[str, float], segment_stage: type) -> Dict:
+                      timings: Dict[str, float], segment_stage: type, held: lease.Lease) -> Dict:
     import ray
 
     run = commit.run_uri(output, run_id)
@@ -330,6 +345,7 @@ def _label_and_commit(cfg, output: str, run_id: str, manifest: Dict, prep: Dict,
     if todo:
         text_ref = ray.put(prep["text"])  # kept alive for the whole pipeline (actor restarts re-read it)
         for result in _label(cfg, run, plan, todo, prep, text_ref, seg_cfg, mc, vocab, metadata, segment_stage):
+            held.check()  # a driver that lost its lease stops; its parts are complete, the next run resumes
             if not result["written"]:
                 log.warning("shard %d of %s was already committed; kept the existing part", result["shard"], run)
             parts.append(dict(shard=result["shard"], name=result["name"], rows=result["rows"],
@@ -347,5 +363,6 @@ def _label_and_commit(cfg, output: str, run_id: str, manifest: Dict, prep: Dict,
     record = commit.success_record(run_id, run, manifest, parts, attempt)
     if record["rows"] != plan.rows:
         raise RuntimeError(f"run {run_id}: {record['rows']} committed rows for {plan.rows} planned images")
+    held.check()
     commit.write_success(run, record)
     return record

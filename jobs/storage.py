@@ -155,3 +155,66 @@ def check_writable(uri: str) -> None:
         uris.remove(probe)
     except Exception as e:  # noqa: BLE001 - re-raised with the output named
         raise PermissionError(f"output {uri} is not writable: {type(e).__name__}: {e}") from e
+
+
+# ---- conditional create (run leases, jobs/lease.py) ------------------------------------------------------
+class ConditionalWriteUnsupported(OSError):
+    """The object store accepted a second create of one key: it ignores ``If-None-Match: *``."""
+
+
+def create_exclusive(uri: str, data: bytes) -> bool:
+    """Create ``uri`` holding ``data`` iff no object/file of that name exists, atomically: True if this call
+    created it, False if it existed (or a concurrent create won).
+
+    Local: a temp file, then ``os.link`` to the name (the kernel creates the name only if absent, like
+    ``O_EXCL``, and readers never see a partial file). S3: one conditional PUT with ``If-None-Match: *`` (AWS S3
+    since 2024-08, MinIO, moto 5.2.5's server): 412 PreconditionFailed means it existed, 409
+    ConditionalRequestConflict means a concurrent conditional write is in flight (the caller re-reads). A store
+    that ignores the header is detected by ``check_conditional_create``, not here."""
+    if not is_remote(uri):
+        return write_new(uri, data)
+    fs, path = fs_for(uri)
+    if "s3" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        raise OSError(f"{uri}: conditional create is implemented for local paths and s3:// only")
+    from botocore.exceptions import ClientError
+    from fsspec.asyn import sync
+
+    bucket, _, key = path.partition("/")
+
+    async def put() -> bool:
+        await fs.set_session()
+        s3 = await fs.get_s3(bucket)
+        try:
+            await s3.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        except ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code"))
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+                return False
+            raise
+        return True
+
+    created = retrying(lambda: sync(fs.loop, put), f"create {uri}")
+    fs.invalidate_cache()
+    return created
+
+
+def check_conditional_create(prefix: str) -> None:
+    """Prove on the store itself that ``create_exclusive`` under ``prefix`` is exclusive: create a probe object
+    twice; raise ``ConditionalWriteUnsupported`` when the second create is accepted (the store ignores
+    ``If-None-Match``, so two drivers could both win a lease). Local paths need no probe."""
+    if not is_remote(prefix):
+        return
+    probe = join(prefix, f"_conditional_probe-{uuid.uuid4().hex}")
+    try:
+        first, second = create_exclusive(probe, b"1"), create_exclusive(probe, b"2")
+    finally:
+        try:
+            uris.remove(normalize(probe))
+        except OSError:
+            pass
+    if not first or second:
+        raise ConditionalWriteUnsupported(
+            f"output {prefix}: the object store does not honour conditional writes (If-None-Match: *): a second "
+            "create of one key was accepted, so two runs of one config could both start; use a store that "
+            "supports them (AWS S3, MinIO)")

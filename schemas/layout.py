@@ -3,6 +3,14 @@ other reader read it.
 
     OUTPUT/_text_cache/<key>.safetensors        text embeddings (content-keyed)
     OUTPUT/_planning/<attempt>/                 planning's staging files (jobs/planner.py), deleted after it
+    OUTPUT/_leases/<job_hash>/lease-<epoch>.json
+                                                run coordination per (output, job_hash) (jobs/lease.py): the
+                                                highest epoch is the lease; created only if absent (local: link,
+                                                S3: If-None-Match: *), rewritten only by its holder (heartbeat:
+                                                expires_at; release: released=true); JSON {job_hash, epoch,
+                                                holder, host, pid, run_id, state, ttl_seconds, acquired_at,
+                                                renewed_at, expires_at (Unix seconds, the holder's clock),
+                                                released}; epochs below the previous one are deleted
     OUTPUT/runs/<run_id>/_plan/<attempt>/plan-<bucket>.parquet
                                                 the run's inputs (``jobs.inputs.INDEX_SCHEMA``), sorted by
                                                 (bucket, image_id); shard k = global plan rows
@@ -25,6 +33,8 @@ LAYOUT_VERSION = 2
 RUNS = "runs"
 TEXT_CACHE = "_text_cache"
 PLANNING = "_planning"
+LEASES = "_leases"
+_LEASE = re.compile(r"lease-(\d{10,})\.json")
 PLAN_DIR = "_plan"
 PLAN_MANIFEST = "_plan.json"
 LEGACY_PLAN = "_plan.parquet"  # layout 1: the plan table, its meta in the Parquet metadata under LEGACY_PLAN_KEY
@@ -62,3 +72,14 @@ def shard_of(name: str) -> Optional[int]:
 
 def plan_file_name(bucket: int) -> str:
     return f"plan-{bucket:05d}.parquet"
+
+
+def lease_name(epoch: int) -> str:
+    """File name of a run lease's epoch ``epoch`` (under ``OUTPUT/_leases/<job_hash>/``)."""
+    return f"lease-{epoch:010d}.json"
+
+
+def lease_epoch_of(name: str) -> Optional[int]:
+    """The epoch of a lease file name (a path or URI is fine), or None for any other file."""
+    m = _LEASE.fullmatch(name.rstrip("/").rsplit("/", 1)[-1])
+    return int(m.group(1)) if m else None
