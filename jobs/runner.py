@@ -214,7 +214,9 @@ def run_job(cfg: LabelJobConfig, *, segment_stage: type = SegmentStage) -> Dict:
     """Run (or resume, or finish) one labeling job; returns the summary also stored in ``_SUCCESS.json``.
 
     The run is committed whatever its rows say; ``policy_failure(summary, cfg.max_error_rate)`` tells whether
-    the job should be reported as failed (the CLI exits 3). ``segment_stage`` is the actor class of the segment
+    the job should be reported as failed (the CLI exits 3). A live run of the same config and output holds the
+    run lease (``jobs.lease``): ``cfg.if_running == "skip"`` raises ``lease.RunInProgress`` (the CLI exits 75),
+    ``"wait"`` waits until it commits or its lease expires. ``segment_stage`` is the actor class of the segment
     stage; only ``bench/job_scale.py`` replaces it (a stand-in that skips the model, to time the machinery)."""
     import ray
 

@@ -33,7 +33,9 @@ def test_kill_driver_then_resume(ray_local, model_args, tmp_path):
     for i in range(N_IMAGES):
         Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(src / f"img{i:03d}.png")
     out = tmp_path / "out"
-    args = ["--input", str(src), "--output", str(out), "--run-id", "crashy", *model_args]
+    # the killed driver's lease stays live for --lease-ttl: the resume waits for it to expire (jobs/lease.py)
+    args = ["--input", str(src), "--output", str(out), "--run-id", "crashy", *model_args, "--if-running", "wait",
+            "--lease-ttl", "5"]
     args[args.index("--shard-size") + 1] = "2"
     args[args.index("--images-per-call") + 1] = "2"
     args[args.index("--read-threads") + 1] = "2"

@@ -56,7 +56,7 @@ def test_driver_sigkilled_and_resumed(model_args, tmp_path):
     names = write_images(tmp_path / "in", 48, seed=2)
     out = tmp_path / "out"
     args = ["--input", str(tmp_path / "in"), "--output", str(out), *model_args, "--shard-size", "4",
-            "--run-id", "crash-run"]
+            "--run-id", "crash-run", "--if-running", "wait", "--lease-ttl", "5"]  # a killed driver's lease expires
     rng = random.Random(7)
 
     def parts():
