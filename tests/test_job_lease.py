@@ -1,9 +1,10 @@
 """Overlapping runs of one config coordinate through the run lease (``jobs/lease.py``), with the real CLI:
 
 * the scheduled-run recipe (README / docs/job.md), fired twice at the same moment: one run labels, the other
-  exits 75 (``--if-running skip``) naming the live run; every image once;
-* a second run started after the first committed a part, with new inputs added, ``--if-running wait``: it waits
-  for the live run to commit, then labels only the new inputs;
+  exits 75 naming the live run (``--if-running skip``, the recipe's) or waits and finds nothing new (``wait``);
+  every image once;
+* a second run started after the first committed a part, with new inputs added: ``skip`` exits 75 and the next
+  run labels only the new inputs; ``wait`` waits for the live run to commit, then labels only the new inputs;
 * a SIGKILLed driver's lease is live until its TTL passes (a second run skips, never takes it over), then the
   next run resumes the crashed run.
 """
@@ -103,11 +104,13 @@ def _attempt_images(log: str) -> int:
     return int(re.search(r"this attempt: (\d+) images", log).group(1))
 
 
-def test_recipe_fired_twice_at_once_labels_each_image_once(ray_local, model_args, tmp_path):
+@pytest.mark.parametrize("mode", ["skip", "wait"])
+def test_recipe_fired_twice_at_once_labels_each_image_once(mode, ray_local, model_args, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     _images(src, 16)
     argv = _local_recipe(model_args, src, out)
     assert argv[argv.index("--if-running") + 1] == "skip"  # the recipe's choice, the default
+    argv[argv.index("--if-running") + 1] = mode
     procs = [_spawn(argv, tmp_path / f"driver{i}.log") for i in range(2)]  # 0 s apart
     try:
         codes = [p.wait(timeout=600) for p in procs]
@@ -115,20 +118,29 @@ def test_recipe_fired_twice_at_once_labels_each_image_once(ray_local, model_args
         for p in procs:
             _kill_group(p)
     logs = [(tmp_path / f"driver{i}.log").read_text() for i in range(2)]
-    assert sorted(codes) == [0, lease.EXIT_SKIPPED], logs
-    loser = logs[codes.index(lease.EXIT_SKIPPED)]
-    skipped = [ln for ln in loser.splitlines() if ln.startswith("skipped: ")]
+    winner = next(i for i in range(2) if "planned 16 of 16 inputs" in logs[i])
+    loser = logs[1 - winner]
     runs = commit.list_runs(str(out))
     assert len(runs) == 1 and runs[0]["committed"]  # one run: the loser planned nothing
-    assert len(skipped) == 1 and "is in progress" in skipped[0] and "exits 75" in skipped[0]
-    assert re.search(r"skipped: (run \S+|a run still planning) ", skipped[0])
-    assert "resuming unfinished run" not in loser and "planned " not in loser  # it planned nothing
-    assert "planned 16 of 16 inputs" in logs[codes.index(0)]
+    assert "resuming unfinished run" not in loser and "planned 16" not in loser
+    if mode == "skip":
+        assert codes[winner] == 0 and codes[1 - winner] == lease.EXIT_SKIPPED, logs
+        skipped = [ln for ln in loser.splitlines() if ln.startswith("skipped: ")]
+        assert len(skipped) == 1 and "is in progress" in skipped[0] and "exits 75" in skipped[0]
+        assert re.search(r"skipped: (run \S+|a run still planning) ", skipped[0])
+        assert "planned " not in loser  # it stopped before listing anything
+    else:  # the loser waits for the winner to commit, then finds nothing new
+        assert codes == [0, 0], logs
+        assert "--if-running wait" in loser and "waiting for " in loser
+        assert "nothing to label" in loser
     _assert_each_once(out, src)
-    assert _attempt_images(logs[codes.index(0)]) == 16  # images labeled over all attempts: each once
+    assert _attempt_images(logs[winner]) == 16  # images labeled over all attempts: each once
 
 
-def test_wait_runs_after_the_live_run_commits_and_labels_only_new_inputs(ray_local, model_args, tmp_path, caplog):
+@pytest.mark.parametrize("mode", ["skip", "wait"])
+def test_run_started_while_one_labels_never_takes_it_over(mode, ray_local, model_args, tmp_path, caplog):
+    """The hourly case: run 1 labels, new images arrive, run 2 starts. skip: exit 75, and the next run labels
+    only the new images; wait: run 2 waits for run 1 to commit, then labels only the new images."""
     src, out = tmp_path / "in", tmp_path / "out"
     _images(src, 16)
     argv = _local_recipe(model_args, src, out)
@@ -142,16 +154,24 @@ def test_wait_runs_after_the_live_run_commits_and_labels_only_new_inputs(ray_loc
         live = lease.current(str(out), next(iter(commit.list_runs(str(out))))["job_hash"])[1]
         assert lease.is_live(live) and live["run_id"]
         _images(src, 6, start=100)  # new inputs arrive while it labels
-        waiting = argv[3:]  # the same command, in this process (the session's Ray) while the first still runs
-        waiting[waiting.index("--if-running") + 1] = "wait"
+        second = argv[3:]  # the same command, in this process (the session's Ray) while the first still runs
+        second[second.index("--if-running") + 1] = mode
         with caplog.at_level(logging.WARNING, logger="reslabel.lease"):
-            second = run_cli(waiting)
+            if mode == "skip":
+                assert main(second) == lease.EXIT_SKIPPED
+                assert first.poll() is None, "the first run ended before the second was refused"
+                assert len(commit.list_runs(str(out))) == 1  # the second run registered nothing
+            else:
+                summary = run_cli(second)
         assert first.wait(timeout=300) == 0
     finally:
         _kill_group(first)
-    assert f"waiting for run {live['run_id']}" in caplog.text
-    assert second["run_id"] != live["run_id"] and second["attempt"]["images_labeled"] == 6
-    assert second["attempt"]["shards_resumed"] == 0
+    if mode == "skip":
+        summary = run_cli(second)  # the next slot, after the live run committed
+    else:
+        assert f"waiting for run {live['run_id']}" in caplog.text
+    assert summary["run_id"] != live["run_id"] and summary["attempt"]["images_labeled"] == 6
+    assert summary["attempt"]["shards_resumed"] == 0
     _assert_each_once(out, src)
     assert _attempt_images((tmp_path / "first.log").read_text()) == 16  # over all attempts: 16 + 6, each once
 
