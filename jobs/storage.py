@@ -117,7 +117,7 @@ def write_new(uri: str, data: bytes) -> bool:
 
     Local: temp file in the same directory, then ``os.link`` (atomic, fails if the name exists).
     Object stores: a single PUT is atomic; the existence check races only with a concurrent writer of
-    the same run, which scheduling rules out (unique submission ids).
+    the same run, which the run lease (``jobs/lease.py``) rules out.
     """
     if not is_remote(uri):
         path = normalize(uri)

@@ -75,20 +75,19 @@ def _images(d: pathlib.Path, n: int, start: int = 0) -> None:
         Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(d / f"img{i:03d}.png")
 
 
-def _env() -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)  # each driver starts its own local Ray, as a fresh submission would
-    return env
-
-
 def _spawn(argv: List[str], log: pathlib.Path) -> subprocess.Popen:
+    """A driver connected to the session's Ray (as ``ray job submit`` drivers share the cluster's head)."""
+    import ray
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
+           "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     f = open(log, "wb")
-    return subprocess.Popen(argv, cwd=ROOT, env=_env(), stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
     try:
-        os.killpg(proc.pid, signal.SIGKILL)  # the group this test started (a driver and its local Ray)
+        os.killpg(proc.pid, signal.SIGKILL)  # the group this test started (a driver; Ray reaps its workers)
     except ProcessLookupError:
         pass
 
