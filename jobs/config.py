@@ -55,7 +55,8 @@ class LabelJobConfig:
     dtype: str = "fp32"
     device: str = "auto"
     run_id: Optional[str] = None  # None: resume this config's unfinished run, else a new timestamped id
-    num_actors: int = 1
+    num_actors: int = 1  # segment actors; with max_actors, the elastic pool's MIN (--num-actors MIN-MAX)
+    max_actors: Optional[int] = None  # elastic pool: grow up to this many actors as the cluster allows
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0  # also the torch thread count of a CPU actor
     actor_resources: Optional[Dict[str, float]] = None  # custom Ray resources per segment actor (node pinning)
@@ -91,6 +92,8 @@ class LabelJobConfig:
         for name in ("num_actors", "images_per_call", "shard_size", "read_threads", "max_pixels"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0 (got {getattr(self, name)})")
+        if self.max_actors is not None and int(self.max_actors) < int(self.num_actors):
+            raise ConfigError(f"--num-actors {self.actors_spec()}: MAX must be >= MIN")
         if self.gpus_per_actor < 0 or self.cpus_per_actor <= 0:
             raise ConfigError("--gpus-per-actor must be >= 0 and --cpus-per-actor > 0")
         if self.ignore_below is not None and not 0.0 <= self.ignore_below <= 1.0:
@@ -113,6 +116,12 @@ class LabelJobConfig:
         self.segmenter_config()
         native.kernel_mode()  # RESLABEL_PAMR_KERNEL, if set, must be a known value
         return self
+
+    def actors_spec(self) -> str:
+        """``--num-actors`` as given: ``N`` or ``MIN-MAX``."""
+        if self.max_actors is None or self.max_actors == self.num_actors:
+            return str(self.num_actors)
+        return f"{self.num_actors}-{self.max_actors}"
 
     def segmenter_config(self) -> SegmenterConfig:
         """The preset with the job's overrides (``--set``, then ``--vocabulary``/``--templates``); raises

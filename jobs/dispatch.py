@@ -25,6 +25,16 @@ Failure handling (what the reliability tests exercise):
 * anything else a call raises (a storage error writing a part, a plan file that cannot be read) ends the job;
   the parts committed so far stay and a rerun resumes.
 
+The pool (``Dispatch``): ``num_actors`` actors are started up front. A shard goes only to an actor that has
+answered a ``ready`` probe (it is ALIVE): an actor Ray cannot place yet (its resources are missing) gets none and
+the run goes on with those that work; when some have waited ``pending_warn_s`` while others work, the driver warns,
+naming what they ask and what the cluster lacks (``ray status``'s pending demands), and again every progress
+interval. An elastic pool (``min_actors < max_actors``, ``--num-actors MIN-MAX``) grows by one actor at a time
+when the alive nodes hold one more next to the reads' CPU budget, or when an autoscaler node type can host it
+(the pending actor is the autoscaler's demand), and shrinks, down to ``min_actors``, by letting go of an actor
+that waited ``shrink_after_s`` for a node while others work (its node went away, or the autoscaler is at its
+maximum); it tries to grow again when the number of alive nodes changes (``jobs.resources``).
+
 Backpressure: each actor holds at most ``depth`` calls (one labeling, the next one's pixels arriving), and at most
 ``read_ahead`` read results wait for an actor, so the object store holds about
 ``(num_actors * depth + read_ahead)`` shards of resized pixels at any time.
@@ -45,7 +55,7 @@ class Dispatch:
     """How shards are handed out. ``read_options`` / ``actor_options``: Ray resource options (``num_cpus``,
     ``memory``, ``num_gpus``, ``resources``) of the read tasks and the segment actors."""
 
-    num_actors: int
+    num_actors: int  # actors started up front
     read_options: Dict[str, Any] = field(default_factory=dict)
     actor_options: Dict[str, Any] = field(default_factory=dict)
     depth: int = 2  # calls queued per actor: one running, one whose pixels are on their way
@@ -53,6 +63,23 @@ class Dispatch:
     init_deaths_allowed: int = 3  # consecutive actor constructor failures before the job fails
     progress_every_s: float = 30.0  # how often the driver logs progress
     poll_s: float = 1.0  # how often the driver looks at the actors' states when no result arrives
+    min_actors: Optional[int] = None  # elastic pool: fewest actors kept (None: num_actors)
+    max_actors: Optional[int] = None  # elastic pool: most actors (None: num_actors, a fixed pool)
+    pending_warn_s: float = 30.0  # warn when an actor has waited this long for its node while others work
+    shrink_after_s: float = 120.0  # elastic pool: let go of an actor (above min_actors) pending this long
+    grow_every_s: float = 5.0  # elastic pool: how often the driver looks for room for one more actor
+
+    @property
+    def elastic(self) -> bool:
+        return self.floor < self.ceiling
+
+    @property
+    def floor(self) -> int:
+        return self.num_actors if self.min_actors is None else self.min_actors
+
+    @property
+    def ceiling(self) -> int:
+        return self.num_actors if self.max_actors is None else max(self.max_actors, self.num_actors)
 
 
 @dataclass(eq=False)
@@ -63,6 +90,7 @@ class _Slot:
     actor: Any
     calls: Dict[Any, Tuple[int, Any]] = field(default_factory=dict)
     probe: Any = None
+    since: float = 0.0  # when the current probe was sent (how long the actor has been pending)
 
 
 def label_shards(todo: Sequence[int], *, read_fn: Callable, read_kwargs: Dict[str, Any], actor_cls: type,
@@ -76,10 +104,17 @@ def label_shards(todo: Sequence[int], *, read_fn: Callable, read_kwargs: Dict[st
     reader = ray.remote(_read).options(max_retries=-1, **dispatch.read_options)
     read_args = ray.put((read_fn, read_kwargs))  # pickled once, not per task (it was ~3 ms of driver CPU each)
     actor_class = ray.remote(actor_cls).options(max_restarts=-1, max_task_retries=0, **dispatch.actor_options)
-    slots = [_Slot(actor_class.remote(**actor_kwargs)) for _ in range(dispatch.num_actors)]
+    owner: Dict[Any, _Slot] = {}  # call or probe ref → its slot
+
+    def new_slot() -> _Slot:
+        slot = _Slot(actor_class.remote(**actor_kwargs))
+        _probe(slot, owner)  # no work until it answers: a pending actor gets no shard
+        return slot
+
+    slots = [new_slot() for _ in range(dispatch.num_actors)]
+    pool = _Pool(dispatch)
     queue: Deque[int] = collections.deque(todo)
     waiting: Deque[Tuple[int, Any]] = collections.deque()  # (shard, read ref) not yet given to an actor
-    owner: Dict[Any, _Slot] = {}  # call or probe ref → its slot
     seen: set = set()
     retry: Dict[_Slot, float] = {}  # slots whose probe failed → when to probe again
     init_deaths, rows, t0, last_log = 0, 0, time.monotonic(), time.monotonic()
@@ -92,12 +127,13 @@ def label_shards(todo: Sequence[int], *, read_fn: Callable, read_kwargs: Dict[st
             now = time.monotonic()
             for slot in [s for s in retry if retry[s] <= now]:  # probe again those whose last probe failed
                 del retry[slot]
-                _probe(slot, owner)
+                _probe(slot, owner, keep_since=True)
             for slot in slots:  # a restarting actor's calls would wait for it (for ever if its node is gone)
                 if slot.probe is None and slot.calls and _restarting(slot.actor):
                     log.warning("a segment actor is restarting; its %d shard(s) go to the others", len(slot.calls))
                     _requeue(slot, owner, waiting)
                     _probe(slot, owner)
+            pool.watch(slots, owner, retry, new_slot, now)
             wait_s = min([dispatch.poll_s] + [t - now for t in retry.values()])
             if not owner:  # every actor is between probes: nothing to wait on but the clock
                 time.sleep(max(wait_s, 0.0))
@@ -106,7 +142,18 @@ def label_shards(todo: Sequence[int], *, read_fn: Callable, read_kwargs: Dict[st
             for ref in finished:
                 slot = owner.pop(ref)
                 if ref == slot.probe:
-                    _probed(slot, ref, retry)
+                    failed = _probed(slot, ref, retry)
+                    if failed is not None:  # its constructor raised: a fresh actor, a bounded number of times
+                        if init_deaths >= dispatch.init_deaths_allowed:
+                            raise failed
+                        init_deaths += 1
+                        log.warning("a segment actor failed to start (%d of %d allowed); starting another: %s",
+                                    init_deaths, dispatch.init_deaths_allowed, _last_line(failed))
+                        ray.kill(slot.actor, no_restart=True)
+                        slot.actor = actor_class.remote(**actor_kwargs)
+                        _probe(slot, owner)
+                    continue
+                if slot not in slots:  # let go of by the pool meanwhile: its shard went back to the queue
                     continue
                 shard, read_ref = slot.calls.pop(ref)
                 try:
@@ -125,7 +172,7 @@ def label_shards(todo: Sequence[int], *, read_fn: Callable, read_kwargs: Dict[st
                     else:
                         log.warning("a segment actor died (%s); its shards go to the others, Ray restarts it",
                                     _last_line(e))
-                        _probe(slot, owner)
+                    _probe(slot, owner)
                     continue
                 init_deaths = 0
                 for r in results:
@@ -136,13 +183,92 @@ def label_shards(todo: Sequence[int], *, read_fn: Callable, read_kwargs: Dict[st
             if time.monotonic() - last_log >= dispatch.progress_every_s:
                 last_log = time.monotonic()
                 states = actor_states([s.actor for s in slots])
-                log.info("labeled %d of %d shards (%d images, %.1f images/s); actors: %s", len(seen), len(todo), rows,
-                         rows / max(last_log - t0, 1e-9), ", ".join(f"{n} {k}" for k, n in sorted(states.items())))
+                log.info("labeled %d of %d shards (%d images, %.1f images/s); actors: %s%s", len(seen), len(todo),
+                         rows, rows / max(last_log - t0, 1e-9),
+                         ", ".join(f"{n} {k}" for k, n in sorted(states.items())),
+                         f" (pool {dispatch.floor}-{dispatch.ceiling})" if dispatch.elastic else "")
                 if not seen and "ALIVE" not in states:
                     log.warning(waiting_hint(states, dispatch.actor_options))
+                pool.warned = 0.0  # the pending warning, if due, comes again with every progress line
     finally:
         for slot in slots:
             ray.kill(slot.actor, no_restart=True)
+
+
+class _Pool:
+    """The pool's upkeep, once per loop turn: warn about actors pending while others work; in an elastic pool,
+    grow by one actor when there is room and let go of actors (above the floor) pending too long."""
+
+    def __init__(self, dispatch: Dispatch):
+        from jobs import resources
+
+        self.d = dispatch
+        self.ask = resources.ray_ask(dispatch.actor_options)
+        self.read_cpus = float(dispatch.read_options.get("num_cpus", resources.READ_CPUS) or 0.0)
+        self.warned = 0.0  # when the pending warning was last logged (0: due as soon as it applies)
+        self.next_grow = time.monotonic() + dispatch.grow_every_s
+        self.blocked_at: Optional[int] = None  # alive nodes when growing last failed: retry when that changes
+
+    def watch(self, slots: List[_Slot], owner: Dict[Any, _Slot], retry: Dict[_Slot, float],
+              new_slot: Callable[[], _Slot], now: float) -> None:
+        working = [s for s in slots if s.probe is None]
+        pending = [s for s in slots if s.probe is not None]
+        if not working:
+            return
+        late = [s for s in pending if now - s.since >= self.d.pending_warn_s]
+        if late and (not self.warned or now - self.warned >= self.d.progress_every_s):
+            self.warned = now
+            log.warning(pending_warning(len(late), len(slots), len(working), now - min(s.since for s in late),
+                                        self.d.actor_options))
+        if not self.d.elastic:
+            return
+        for slot in [s for s in pending if now - s.since >= self.d.shrink_after_s]:
+            if len(slots) <= self.d.floor:
+                break
+            self._let_go(slot, slots, owner, retry)
+            log.warning("the pool shrinks to %d segment actor(s): one waited %.0f s for a node with %s",
+                        len(slots), now - slot.since, _asked(self.d.actor_options))
+        if pending or len(slots) >= self.d.ceiling or now < self.next_grow:
+            return
+        self.next_grow = now + self.d.grow_every_s
+        from jobs import resources
+
+        view = resources.ClusterView.of_running_ray()
+        if self.blocked_at is not None and len(view.nodes) == self.blocked_at:
+            return
+        room = resources.room_for(view, self.ask, len(slots), self.read_cpus)
+        if not room and view.autoscaler and view.node_types is None:
+            room = "autoscaler?"  # node types unknown: one pending actor asks the autoscaler
+        if room:
+            slots.append(new_slot())
+            log.info("the pool grows to %d segment actor(s) (%s)", len(slots),
+                     "room on the alive nodes" if room == "now" else "a node the autoscaler can add")
+            self.blocked_at = None
+
+    def _let_go(self, slot: _Slot, slots: List[_Slot], owner: Dict[Any, _Slot], retry: Dict[_Slot, float]) -> None:
+        import ray
+
+        owner.pop(slot.probe, None)
+        retry.pop(slot, None)
+        slots.remove(slot)
+        ray.kill(slot.actor, no_restart=True)
+        self.blocked_at = sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
+def pending_warning(late: int, total: int, working: int, waited_s: float, actor_options: Dict[str, Any]) -> str:
+    """The warning for actors that wait for a node while others work: what they ask, what the cluster lacks."""
+    from jobs import resources
+
+    return (f"{late} of {total} segment actor(s) have been pending for {waited_s:.0f} s while {working} work; each "
+            f"asks for {_asked(actor_options)}; the cluster lacks (ray status, pending demands): "
+            f"{resources.describe_demands(resources.pending_demands())}. The run goes on with the {working} "
+            "working actor(s); they get no shard until they start")
+
+
+def _asked(actor_options: Dict[str, Any]) -> str:
+    from jobs import resources
+
+    return resources.fmt(resources.ray_ask(actor_options))
 
 
 def _read(shard: int, read_args: Tuple[Callable, Dict[str, Any]]):
@@ -151,15 +277,17 @@ def _read(shard: int, read_args: Tuple[Callable, Dict[str, Any]]):
     return read_fn(shard, **read_kwargs)
 
 
-def _probe(slot: _Slot, owner: Dict[Any, _Slot]) -> None:
+def _probe(slot: _Slot, owner: Dict[Any, _Slot], keep_since: bool = False) -> None:
     """Stop giving ``slot`` work until its actor answers ``ready`` (``_probed`` handles the answer)."""
     slot.probe = slot.actor.ready.remote()
+    if not keep_since:
+        slot.since = time.monotonic()
     owner[slot.probe] = slot
 
 
-def _probed(slot: _Slot, ref, retry: Dict[_Slot, float]) -> None:
-    """A probe finished: the actor is back (it gets work again), or it is still unreachable (a restart not done
-    yet; probe again in a second). One that died in its constructor stays probed: its next probe says so."""
+def _probed(slot: _Slot, ref, retry: Dict[_Slot, float]) -> Optional[BaseException]:
+    """A probe finished: the actor is up (it gets work), or it is still unreachable (a restart not done yet;
+    probe again in a second). Returns the error of an actor whose constructor raised (the caller replaces it)."""
     import ray
 
     try:
@@ -167,9 +295,10 @@ def _probed(slot: _Slot, ref, retry: Dict[_Slot, float]) -> None:
         slot.probe = None
     except ray.exceptions.RayActorError as e:
         if getattr(e, "actor_init_failed", False):
-            slot.probe = None  # the next call fails the same way and replaces it (counted there)
-        else:
-            retry[slot] = time.monotonic() + 1.0
+            slot.probe = None
+            return e
+        retry[slot] = time.monotonic() + 1.0
+    return None
 
 
 def _last_line(e: BaseException) -> str:
@@ -245,10 +374,12 @@ def actor_states(actors: Sequence[Any]) -> Dict[str, int]:
 
 def waiting_hint(states: Dict[str, int], actor_options: Dict[str, Any]) -> str:
     """The warning for a run whose segment actors have not started: what they wait for and what they ask."""
+    from jobs import resources
+
     asked = ", ".join(f"{k}={v}" for k, v in sorted(actor_options.items())) or "no resources"
     return (f"no segment actor has started yet ({', '.join(f'{n} {k}' for k, n in sorted(states.items()))}); "
-            f"each asks for {asked}: check that the cluster's nodes offer that (ray status), or that the "
-            "model is still loading")
+            f"each asks for {asked}: check that the cluster's nodes offer that (ray status; pending demands: "
+            f"{resources.describe_demands(resources.pending_demands())}), or that the model is still loading")
 
 
 def free_cpus(reserved: float) -> Optional[int]:

@@ -38,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     options.add_model_options(p, weights_help=" (the default when no weights are given)")
     a("--run-id", help="resume this run, or start it under this id "
                        "(default: resume this config's unfinished run, else new)")
-    a("--num-actors", type=int, default=1)
+    a("--num-actors", type=_actors, default=(1, None), metavar="N|MIN-MAX",
+      help="segment actors: N, or an elastic pool MIN-MAX that starts with what the cluster can place and grows "
+           "(and shrinks) with it, never waiting for MAX (docs/job.md, 'Resources')")
     a("--gpus-per-actor", type=float, default=0.0)
     a("--cpus-per-actor", type=float, default=1.0, help="also the torch thread count on CPU")
     a("--actor-resources", type=_json_object, metavar="JSON",
@@ -77,6 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _actors(text: str) -> tuple:
+    """``N`` → (N, None); ``MIN-MAX`` → (MIN, MAX)."""
+    lo, sep, hi = text.partition("-")
+    try:
+        pair = (int(lo), int(hi) if sep else None)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or MIN-MAX (whole numbers), got {text!r}") from None
+    if pair[0] <= 0 or (pair[1] is not None and pair[1] < pair[0]):
+        raise argparse.ArgumentTypeError(f"expected N > 0 or 0 < MIN <= MAX, got {text!r}")
+    return pair
+
+
 def _json_object(text: str) -> dict:
     try:
         value = json.loads(text)
@@ -90,6 +104,7 @@ def _json_object(text: str) -> dict:
 def config_from_args(argv: Optional[List[str]] = None) -> LabelJobConfig:
     ns = vars(build_parser().parse_args(argv))
     ns["overrides"] = options.parse_overrides(ns["overrides"]) or None
+    ns["num_actors"], ns["max_actors"] = ns["num_actors"]
     return LabelJobConfig(**ns).validate()
 
 

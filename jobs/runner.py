@@ -18,9 +18,9 @@ import time
 import uuid
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from jobs import cluster, commit, lease, storage
+from jobs import cluster, commit, lease, resources, storage
 from jobs.config import RETRY_POLICIES, LabelJobConfig
-from jobs.dispatch import Dispatch, free_cpus, label_shards
+from jobs.dispatch import Dispatch, label_shards
 from jobs.inputs import InputError, InputOptions
 from jobs.planner import Indexed, PlanLocator, Planner
 from jobs.stages import SegmentStage, read_shard
@@ -91,14 +91,16 @@ def _prepare(seg_cfg, mc, vocab, cache_uri: str, threads: int, s3_endpoint: Opti
     return dict(text=prepared.text, weights_digest=prepared.weights_digest)
 
 
-def _write_text_cache(cache_uri: str, te) -> None:
-    """Write the text embeddings the prepare task computed, from the driver, unless already cached."""
+def _write_text_cache(cache_uri: str, te) -> str:
+    """Write the text embeddings the prepare task computed, from the driver, unless already cached; returns the
+    file's URI (the segment actors load them from there, also after a restart: no object-store argument)."""
     from pipeline.model.text import cache_target
 
     target = cache_target(cache_uri, te.key)
     if not storage.exists(target):
         te.save(target)
         log.info("text embeddings cached at %s", target)
+    return target
 
 
 def _cluster_address(cfg: LabelJobConfig) -> Optional[str]:
@@ -186,20 +188,40 @@ def _withdraw(run: str) -> None:
         log.warning("could not withdraw run %s: %s", run, e)
 
 
-def _label(cfg, run: str, plan: PlanLocator, todo: List[int], prep: Dict, text_ref, seg_cfg, mc, vocab,
+def _pool_options(cfg: LabelJobConfig, seg_cfg) -> Tuple[Dict, Dict]:
+    """Ray options of the read tasks and of the segment actors."""
+    read_options = dict(num_cpus=resources.READ_CPUS,
+                        memory=decode_memory(cfg.max_pixels, resized_shard_bytes(seg_cfg, cfg.shard_size)))
+    actor_options = dict(num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
+                         resources=cfg.actor_resources or None)
+    return read_options, {k: v for k, v in actor_options.items() if v is not None}
+
+
+def _check_pool(cfg: LabelJobConfig, seg_cfg) -> resources.PoolPlan:
+    """The resource budget, before any work (``jobs.resources``): the pool to start, or ``BudgetError``."""
+    read_options, actor_options = _pool_options(cfg, seg_cfg)
+    plan = resources.check_budget(resources.ClusterView.of_running_ray(), resources.ray_ask(actor_options),
+                                  cfg.num_actors, cfg.max_actors or cfg.num_actors, read_options["num_cpus"],
+                                  flags=f"--num-actors {cfg.actors_spec()} --cpus-per-actor {cfg.cpus_per_actor:g}")
+    for note in plan.notes:
+        log.warning(note)
+    return plan
+
+
+def _label(cfg, run: str, plan: PlanLocator, todo: List[int], prep: Dict, text_uri: str, seg_cfg, mc, vocab,
            metadata: Dict[str, str], segment_stage: type) -> Iterator[Dict]:
     """Label the shards ``todo`` (``jobs.dispatch``: a read task and an actor call per shard); yields one write
     result per committed part."""
-    actor_cpus = cfg.num_actors * cfg.cpus_per_actor
-    read_options = dict(num_cpus=1, memory=decode_memory(cfg.max_pixels, resized_shard_bytes(seg_cfg, cfg.shard_size)))
-    actor_options = dict(num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor or None,
-                         resources=cfg.actor_resources or None)
-    dispatch = Dispatch(num_actors=cfg.num_actors, read_options=read_options,
-                        actor_options={k: v for k, v in actor_options.items() if v is not None},
-                        read_ahead=max(2 * cfg.num_actors, free_cpus(actor_cpus) or 0))
+    pool = _check_pool(cfg, seg_cfg)  # again: the cluster may have changed since the check before planning
+    read_options, actor_options = _pool_options(cfg, seg_cfg)
+    every = float(os.environ.get("RESLABEL_PROGRESS_S", "30"))  # progress lines; pending-actor warnings after it
+    dispatch = Dispatch(num_actors=pool.start, min_actors=pool.min_actors, max_actors=pool.max_actors,
+                        read_options=read_options, actor_options=actor_options,
+                        read_ahead=max(2 * pool.start, int(pool.read_cpus_left)), progress_every_s=every,
+                        pending_warn_s=every, shrink_after_s=4 * every)
     read_kwargs = dict(plan=plan, seg_config=seg_cfg, bytes_column=cfg.bytes_column, max_pixels=cfg.max_pixels,
                        threads=cfg.read_threads, s3_endpoint=cfg.s3_endpoint)
-    actor_kwargs = dict(seg_config=seg_cfg, model_config=mc, vocabulary=vocab, text_embeddings=text_ref,
+    actor_kwargs = dict(seg_config=seg_cfg, model_config=mc, vocabulary=vocab, text_embeddings=text_uri,
                         provenance=prep["provenance"], run_id=metadata[layout.META_RUN_ID],
                         exclude_ids=prep["exclude"], torch_threads=int(cfg.cpus_per_actor),
                         row_spec=dict(instances=cfg.instances, min_instance_area=cfg.min_instance_area,
@@ -257,6 +279,7 @@ def run_job(cfg: LabelJobConfig, *, segment_stage: type = SegmentStage) -> Dict:
             held = leases.enter_context(_acquire_lease(cfg, output, prep["provenance"]["job_hash"]))
             timings["lease_seconds"] = round(time.perf_counter() - t, 3)
             started = _init_ray(cfg, timings) or started
+            _check_pool(cfg, seg_cfg)  # the resource budget, before any work (refused: one `error:` line)
             t = time.perf_counter()
             planner = Planner(InputOptions(cfg.bytes_column, cfg.id_column, cfg.uri_column),
                               RETRY_POLICIES[cfg.retry], cfg.s3_endpoint)
@@ -279,7 +302,7 @@ def run_job(cfg: LabelJobConfig, *, segment_stage: type = SegmentStage) -> Dict:
             held.update(run_id=run_id, state="labeling")
             t = time.perf_counter()
             try:
-                prep["text"] = _run_prepare(cfg, output, seg_cfg, mc, vocab, prep["provenance"]["weights_digest"])
+                prep["text"], prep["text_uri"] = _run_prepare(cfg, output, seg_cfg, mc, vocab, prep["provenance"]["weights_digest"])
             except BaseException:
                 if created:  # nothing was labeled: leave no run behind for a config whose model cannot load
                     _withdraw(commit.run_uri(output, run_id))
@@ -312,8 +335,7 @@ def _run_prepare(cfg: LabelJobConfig, output: str, seg_cfg, mc, vocab, weights_d
     if out["weights_digest"] != weights_digest:
         raise JobError(f"weights {mc.weights or mc.pretrained}: the model was built from {out['weights_digest']}, "
                        f"the run was planned with {weights_digest} (the file changed during the job?)")
-    _write_text_cache(cache_uri, out["text"])
-    return out["text"]
+    return out["text"], _write_text_cache(cache_uri, out["text"])
 
 
 def policy_failure(summary: Dict, max_error_rate: float) -> Optional[str]:
@@ -332,8 +354,6 @@ def policy_failure(summary: Dict, max_error_rate: float) -> Optional[str]:
 
 def _label_and_commit(cfg, output: str, run_id: str, manifest: Dict, prep: Dict, seg_cfg, mc, vocab, t0: float,
                       timings: Dict[str, float], segment_stage: type, held: lease.Lease) -> Dict:
-    import ray
-
     run = commit.run_uri(output, run_id)
     plan = PlanLocator.of(run, manifest["plan_files"], int(manifest["shard_size"]))
     done = commit.committed_shards(run) & set(range(plan.shards))
@@ -345,8 +365,8 @@ def _label_and_commit(cfg, output: str, run_id: str, manifest: Dict, prep: Dict,
     t1, cpu1 = time.perf_counter(), time.process_time()
     parts: List[Dict] = []
     if todo:
-        text_ref = ray.put(prep["text"])  # kept alive for the whole pipeline (actor restarts re-read it)
-        for result in _label(cfg, run, plan, todo, prep, text_ref, seg_cfg, mc, vocab, metadata, segment_stage):
+        for result in _label(cfg, run, plan, todo, prep, prep["text_uri"], seg_cfg, mc, vocab, metadata,
+                             segment_stage):
             held.check()  # a driver that lost its lease stops; its parts are complete, the next run resumes
             if not result["written"]:
                 log.warning("shard %d of %s was already committed; kept the existing part", result["shard"], run)

@@ -136,11 +136,18 @@ def _decode_one(r: Dict, fetched, seg_config, max_pixels: int) -> Dict:
 
 
 class SegmentStage:
-    """Segment actor: builds the ``Segmenter`` once (the vocabulary read by the driver, shared text embeddings from the
-    object store), then turns decoded batches into label rows (``schemas.LABEL_SCHEMA`` + private columns)."""
+    """Segment actor: builds the ``Segmenter`` once (the vocabulary read by the driver, the text embeddings loaded
+    from the text cache the driver wrote), then turns decoded batches into label rows (``schemas.LABEL_SCHEMA`` +
+    private columns).
 
-    def __init__(self, seg_config, model_config, vocabulary, text_embeddings, provenance: Dict[str, str], run_id: str,
-                 exclude_ids: Sequence[int], torch_threads: int, images_per_call: int, run: str,
+    Its constructor arguments are small values, never object-store references: Ray keeps an actor's creation
+    arguments for its restarts only while they are in scope (a ref argument, or arguments over 100 KiB that Ray
+    puts in the object store, log an error-level warning with ``max_restarts > 0``). ``text_embeddings`` is the
+    URI of the cached ``TextEmbeddings`` file (``pipeline.model.text.cache_target``), read again by every restart.
+    """
+
+    def __init__(self, seg_config, model_config, vocabulary, text_embeddings: Any, provenance: Dict[str, str],
+                 run_id: str, exclude_ids: Sequence[int], torch_threads: int, images_per_call: int, run: str,
                  part_metadata: Dict[str, str], s3_endpoint: Optional[str] = None,
                  row_spec: Optional[Dict[str, Any]] = None):
         import ray
@@ -151,7 +158,13 @@ class SegmentStage:
         storage.apply_endpoint(s3_endpoint)
         if not torch.cuda.is_available():
             torch.set_num_threads(max(1, int(torch_threads)))  # Ray sets OMP_NUM_THREADS=1 in workers
-        te = ray.get(text_embeddings) if isinstance(text_embeddings, ray.ObjectRef) else text_embeddings
+        te = text_embeddings
+        if isinstance(te, str):  # the text cache's file (the job's way: survives restarts, no object store)
+            from pipeline.model.text import TextEmbeddings
+
+            te = TextEmbeddings.load(te)
+        elif isinstance(te, ray.ObjectRef):
+            te = ray.get(te)
         self.seg = Segmenter.build(seg_config, model_config, vocabulary=vocabulary, text_embeddings=te)
         own = self.seg.provenance()
         for k in ("weights_digest", "vocabulary_hash", "method", "base", "preset"):
