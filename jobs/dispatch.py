@@ -256,13 +256,17 @@ class _Pool:
 
 
 def pending_warning(late: int, total: int, working: int, waited_s: float, actor_options: Dict[str, Any]) -> str:
-    """The warning for actors that wait for a node while others work: what they ask, what the cluster lacks."""
+    """The warning for actors not started while others work: what they ask, and what the cluster lacks (the
+    pending demands of ``ray status``: actors waiting for a node show there; one still loading its model not)."""
     from jobs import resources
 
-    return (f"{late} of {total} segment actor(s) have been pending for {waited_s:.0f} s while {working} work; each "
-            f"asks for {_asked(actor_options)}; the cluster lacks (ray status, pending demands): "
-            f"{resources.describe_demands(resources.pending_demands())}. The run goes on with the {working} "
-            "working actor(s); they get no shard until they start")
+    asked = resources.ray_ask(actor_options)
+    demands = resources.pending_demands()
+    lacking = sum(n for shape, n in demands if all(shape.get(k) == v for k, v in asked.items()))
+    return (f"{late} of {total} segment actor(s) have been pending for {waited_s:.0f} s while {working} work "
+            f"({lacking} wait for a node, the others are starting); each asks for {resources.fmt(asked)}; the "
+            f"cluster lacks (ray status, pending demands): {resources.describe_demands(demands)}. The run goes "
+            f"on with the {working} working actor(s); the pending ones get no shard until they start")
 
 
 def _asked(actor_options: Dict[str, Any]) -> str:

@@ -69,7 +69,7 @@ class AutoscalingHead:
         self.head_cpus = head_cpus
         self.proc: Optional[subprocess.Popen] = None
 
-    def start(self, timeout: float = 120) -> "AutoscalingHead":
+    def start(self, timeout: float = 300) -> "AutoscalingHead":
         cmd = [os.path.join(VENV_BIN, "ray"), "start", "--head", "--block", "--port", str(self.port),
                f"--autoscaling-config={self.tmp / 'autoscaling.json'}", "--num-cpus", str(self.head_cpus),
                "--include-dashboard", "false", "--dashboard-agent-listen-port", str(free_port()),
@@ -82,9 +82,12 @@ class AutoscalingHead:
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError("ray start exited:\n" + (self.tmp / "head.log").read_text()[-3000:])
-            if self.python("import ray; ray.init(address='%s'); print(len(ray.nodes()))" % self.address,
-                           timeout=60).returncode == 0:
-                return self
+            try:
+                if self.python("import ray; ray.init(address='%s'); print(len(ray.nodes()))" % self.address,
+                               timeout=180).returncode == 0:
+                    return self
+            except subprocess.TimeoutExpired:  # a loaded machine: the head is still starting
+                pass
             time.sleep(1.0)
         self.stop()
         raise RuntimeError("the autoscaling head did not come up:\n" + (self.tmp / "head.log").read_text()[-3000:])
