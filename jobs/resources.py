@@ -268,7 +268,17 @@ def _autoscaling_config(gcs_address: str) -> Any:
         return None
 
 
+_MONITORS: Dict[str, Optional[str]] = {}  # GCS address → what its monitor's command line says (found once)
+
+
 def _monitor_config_path(gcs_address: str) -> Optional[str]:
+    """``--autoscaling-config`` of the ``monitor.py`` of this GCS (``"readonly"`` without one), from /proc."""
+    if gcs_address not in _MONITORS or _MONITORS[gcs_address] is None:
+        _MONITORS[gcs_address] = _scan_monitors(gcs_address)
+    return _MONITORS[gcs_address]
+
+
+def _scan_monitors(gcs_address: str) -> Optional[str]:
     port = gcs_address.rsplit(":", 1)[-1]
     try:
         pids = [p for p in os.listdir("/proc") if p.isdigit()]
