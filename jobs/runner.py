@@ -73,7 +73,7 @@ def _identity(cfg: LabelJobConfig, seg_cfg, mc, vocab) -> Dict:
     return dict(provenance=prov, class_names=list(vocab.class_names), exclude=exclude)
 
 
-def _prepare(seg_cfg, mc, vocab, cache_uri: str, threads: int, s3_endpoint: Optional[str]) -> Dict:
+def _prepare(seg_cfg, mc, vocab, cache_uri: Optional[str], threads: int, s3_endpoint: Optional[str]) -> Dict:
     """Ray task: ``pipeline.prepare`` (the model once, the cached text embeddings or computed ones); returns the
     text embeddings and the weights digest of the model it built (the driver checks it against its own).
 
@@ -321,12 +321,13 @@ def _acquire_lease(cfg: LabelJobConfig, output: str, job_hash: str) -> lease.Lea
     return lease.Lease(output, job_hash, cfg.lease_ttl).acquire(cfg.if_running)
 
 
-def _run_prepare(cfg: LabelJobConfig, output: str, seg_cfg, mc, vocab, weights_digest: str):
+def _run_prepare(cfg: LabelJobConfig, output: Optional[str], seg_cfg, mc, vocab, weights_digest: str):
     """The prepare task (model + text embeddings, once per job), then the text cache written from here; returns
-    the text embeddings. The model it built must have the weights the driver hashed the run with."""
+    ``(text embeddings, the cache file's URI)``. The model it built must have the weights the driver hashed the
+    run with. Without ``--text-cache`` and ``output`` (``jobs.labeler``), no cache is read or written (URI None)."""
     import ray
 
-    cache_uri = cfg.text_cache or storage.join(output, layout.TEXT_CACHE)
+    cache_uri = cfg.text_cache or (storage.join(output, layout.TEXT_CACHE) if output else None)
     log.info("preparing: model %s and the text embeddings of %d queries x %d templates (cache %s)", mc.arch,
              vocab.num_queries, len(vocab.templates), cache_uri)
     task = ray.remote(max_calls=1)(_prepare).options(  # its worker exits after: the model's memory is freed
@@ -335,7 +336,17 @@ def _run_prepare(cfg: LabelJobConfig, output: str, seg_cfg, mc, vocab, weights_d
     if out["weights_digest"] != weights_digest:
         raise JobError(f"weights {mc.weights or mc.pretrained}: the model was built from {out['weights_digest']}, "
                        f"the run was planned with {weights_digest} (the file changed during the job?)")
-    return out["text"], _write_text_cache(cache_uri, out["text"])
+    return out["text"], (_write_text_cache(cache_uri, out["text"]) if cache_uri else None)
+
+
+def prepare_rows(cfg: LabelJobConfig, seg_cfg, mc, vocab, output: Optional[str] = None) -> Dict:
+    """What labeling actors need to make the job's rows, as the job computes it: ``provenance`` (``job_hash``,
+    ``segmenter_hash``, ``code_version``), ``class_names``, ``exclude`` (the driver, no model) and ``text`` (the
+    prepare task). For ``jobs.labeler`` (the job itself calls the two steps apart: no model without work)."""
+    prep = _identity(cfg, seg_cfg, mc, vocab)
+    prep["text"], prep["text_uri"] = _run_prepare(cfg, output, seg_cfg, mc, vocab,
+                                                  prep["provenance"]["weights_digest"])
+    return prep
 
 
 def policy_failure(summary: Dict, max_error_rate: float) -> Optional[str]:

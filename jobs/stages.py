@@ -59,10 +59,21 @@ def read_decode(batch: pa.Table, *, seg_config, bytes_column: str, max_pixels: i
     todo = [r for r in rows if not r["pre_status"]]
     fetched = dict(zip((r["image_id"] for r in todo), fetch_bytes(todo, bytes_column, threads)))
     t_read = (time.perf_counter() - t0) / max(len(rows), 1)
+    return decode_rows(rows, [fetched.get(r["image_id"]) for r in rows], seg_config=seg_config,
+                       max_pixels=max_pixels, t_read=t_read)
+
+
+def decode_rows(rows: Sequence[Dict], fetched: Sequence[Optional[tuple]], *, seg_config, max_pixels: int,
+                t_read: float = 0.0) -> pa.Table:
+    """Index rows (``image_id``, ``source_uri``, ``pre_status``, ``pre_error``, ``_shard``) and, per row, what
+    was fetched for it (``(data, read_status, read_error)``; None for a ``pre_status`` row) → decoded, resized
+    images (``DECODED_SCHEMA``; ``_shard_rows`` left null). ``data`` is encoded bytes (``decode_image``) or an
+    already decoded (H, W[, C]) uint8 array (``decode_array``). ``t_read``: seconds per row spent fetching.
+    The one decode step of the job's read tasks and of ``jobs.labeler.Labeler``."""
     out, images = [], []
-    for r in rows:
+    for r, f in zip(rows, fetched):
         t1 = time.perf_counter()
-        rec = _decode_one(r, fetched.get(r["image_id"]), seg_config, max_pixels)
+        rec = _decode_one(r, f, seg_config, max_pixels)
         images.append(rec.pop("image", None))
         rec.update(image_id=r["image_id"], source_uri=r["source_uri"], _shard=r["_shard"], _t_read=t_read,
                    _t_decode=time.perf_counter() - t1)
@@ -110,7 +121,7 @@ def write_parts(batch: pa.Table, *, run: str, metadata: Dict[str, str]) -> List[
 
 
 def _decode_one(r: Dict, fetched, seg_config, max_pixels: int) -> Dict:
-    from pipeline.io.decode import decode_image
+    from pipeline.io.decode import decode_array, decode_image
     from pipeline.method.preprocess import ImageError, rescale_size, resize_for_config
 
     if r["pre_status"]:
@@ -118,7 +129,7 @@ def _decode_one(r: Dict, fetched, seg_config, max_pixels: int) -> Dict:
     data, read_status, read_error = fetched
     if read_error is not None:
         return dict(status=read_status, error=read_error)
-    d = decode_image(data, max_pixels=max_pixels)
+    d = decode_array(data, max_pixels) if isinstance(data, np.ndarray) else decode_image(data, max_pixels=max_pixels)
     base = dict(status=d.status, error=d.error, width=d.width, height=d.height)
     if d.status != Status.OK.value:
         return base
@@ -187,9 +198,13 @@ class SegmentStage:
 
     def label_block(self, block: pa.Table) -> List[Dict]:
         """Decoded images of whole shards (``read_shard``) → their parts, written here → ``write_parts`` results."""
+        return write_parts(self.label_rows(block), run=self.run, metadata=self.part_metadata)
+
+    def label_rows(self, block: pa.Table) -> pa.Table:
+        """Decoded images (``DECODED_SCHEMA``) → one label row each (``LABEL_SCHEMA`` + the private columns), in
+        segmenter calls of ``images_per_call`` images; nothing is written (``jobs.labeler.Labeler`` uses it)."""
         n, k = block.num_rows, self.images_per_call
-        rows = pa.concat_tables([self._label(block.slice(i, k)) for i in range(0, n, k)]) if n else self._label(block)
-        return write_parts(rows, run=self.run, metadata=self.part_metadata)
+        return pa.concat_tables([self._label(block.slice(i, k)) for i in range(0, n, k)]) if n else self._label(block)
 
     def _label(self, batch: pa.Table) -> pa.Table:
         recs = batch.to_pylist()

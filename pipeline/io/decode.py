@@ -81,6 +81,28 @@ def decode_image(data: Optional[bytes], max_pixels: int = DEFAULT_MAX_PIXELS,
     return _decode_opened(img, data, max_pixels, allowed_formats)
 
 
+def decode_array(image: Optional[np.ndarray], max_pixels: int = DEFAULT_MAX_PIXELS) -> Decoded:
+    """An image someone else decoded (e.g. ``ray.data.read_images``' ``image`` column) → the same ``Decoded``
+    as ``decode_image``, under the same rules where they still apply: ``empty`` (no pixels), ``unsupported``
+    (not uint8, or not (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)), ``too_large`` (H*W above ``max_pixels``,
+    the same message). Gray is repeated to RGB and alpha dropped, as ``to_rgb_array`` does; the EXIF orientation
+    is the other decoder's business (``read_images`` does not apply it: prefer encoded bytes)."""
+    if image is None or image.size == 0:
+        return Decoded(Status.EMPTY.value, error="zero pixels")
+    shape = tuple(int(n) for n in image.shape)
+    if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and shape[2] in (1, 3, 4))):
+        return Decoded(Status.UNSUPPORTED.value, error=f"decoded image of shape {shape} and dtype {image.dtype}: "
+                                                       "expected uint8 (H, W), (H, W, 1), (H, W, 3) or (H, W, 4)")
+    h, w = shape[:2]
+    if w * h > max_pixels:
+        return Decoded(Status.TOO_LARGE.value, error=f"{w}x{h} = {w * h} pixels > max_pixels {max_pixels}",
+                       width=w, height=h)
+    if image.ndim == 2:
+        image = image[:, :, None]  # (H, W) → (H, W, 1)
+    rgb = np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image[:, :, :3]  # (H, W, 3)
+    return Decoded(Status.OK.value, image=np.ascontiguousarray(rgb), width=w, height=h)
+
+
 @contextlib.contextmanager
 def _pillow_pixel_limit(max_pixels: int) -> Iterator[None]:
     """Raise Pillow's global ``Image.MAX_IMAGE_PIXELS`` to at least ``max_pixels`` for the block (never lower
