@@ -18,8 +18,9 @@ from pipeline.config import ModelConfig, SegmenterConfig
 from pipeline.kernels import native
 from pipeline.kernels.pamr import pamr
 from pipeline.method.dense import DenseParams, crop_logits
+from pipeline.method.device_post import DeviceResult, postprocess_on_device, to_host
 from pipeline.method.postprocess import PostParams, SegmentationResult, postprocess
-from pipeline.method.preprocess import ImageError, check_image, normalise, resize_for_config
+from pipeline.method.preprocess import MEAN, STD, ImageError, check_image, normalise, resize_for_config
 from pipeline.method.sliding_window import LogitAccumulator, Window, windows
 from pipeline.model.clip import vision_parts
 from pipeline.model.text import TextEmbeddings
@@ -49,6 +50,9 @@ class Segmenter:
                                       area_thd=config.area_thd, query_to_class=vocabulary.query_to_class,
                                       num_classes=vocabulary.num_classes)
         self._local = threading.local()  # per calling thread: .out, the output buffer of _run
+        self._norm = (torch.tensor(MEAN).view(1, 3, 1, 1).to(self.device),
+                      torch.tensor(STD).view(1, 3, 1, 1).to(self.device))  # (1, 3, 1, 1) each, uploaded once
+        self._counts: Dict[Tuple[int, int, Tuple[Window, ...]], torch.Tensor] = {}  # see _window_count
         if self.device.type == "cpu" and (self.dense_params.variant.sfr or config.pamr_steps > 0):
             native.kernel()  # build or load the fused PAMR kernel now, not inside the first batch
 
@@ -125,7 +129,8 @@ class Segmenter:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ImageError(f"dense_logits expects (B, 3, H, W), got {tuple(x.shape)}")
         self._check_size(tuple(x.shape[-2:]), "input tensor")
-        return torch.stack(self._dense_many(list(x.float().cpu())))
+        with torch.inference_mode():
+            return torch.stack(self._dense_many(list(x.float().cpu())))
 
     # ---- full pipeline ------------------------------------------------------------------------
     def _check_size(self, hw: Tuple[int, int], name: str) -> None:
@@ -149,19 +154,119 @@ class Segmenter:
     def segment_prepared(self, resized: Sequence[np.ndarray], orig_sizes: Sequence[Tuple[int, int]],
                          return_probs: bool = False, names: Optional[Sequence[str]] = None,
                          return_confidence: bool = False) -> List[SegmentationResult]:
-        """Images already resized by ``resize_for_config`` (RGB uint8) → results at ``orig_sizes`` (H, W)."""
+        """Images already resized by ``resize_for_config`` (RGB uint8) → results at ``orig_sizes`` (H, W).
+
+        On the CPU with the C++ kernel: the CPU path below. Elsewhere (a GPU, or ``RESLABEL_PAMR_KERNEL=torch``):
+        the device path, :meth:`segment_on_device` then one copy back per output (:func:`device_post.to_host`)."""
         names = list(names) if names is not None else [f"image {i}" for i in range(len(resized))]
-        tensors = []
         for img, name in zip(resized, names):
             check_image(img, name)
             self._check_size(img.shape[:2], name)
-            tensors.append(normalise(img))
-        if self.config.slide_crop == 0 and self.config.direct_resize:
-            logits = self._whole_grid_logits(tensors)
-        else:
-            logits = self._dense_many(tensors)
-        return [self.postprocess(lg, tuple(hw), img, return_probs, return_confidence)
-                for lg, hw, img in zip(logits, orig_sizes, tensors)]
+        with torch.inference_mode():
+            if self.device_path:
+                return to_host(self.segment_on_device(resized, orig_sizes, return_probs, return_confidence))
+            tensors = [normalise(img) for img in resized]
+            if self.config.slide_crop == 0 and self.config.direct_resize:
+                logits = self._whole_grid_logits(tensors)
+            else:
+                logits = self._dense_many(tensors)
+            return [self.postprocess(lg, tuple(hw), img, return_probs, return_confidence)
+                    for lg, hw, img in zip(logits, orig_sizes, tensors)]
+
+    # ---- device path (GPU; the torch path on CPU) ------------------------------------------------
+    @property
+    def device_path(self) -> bool:
+        """Whether ``segment`` runs device-resident: always off the CPU, on the CPU when the C++ kernel is not
+        used (``RESLABEL_PAMR_KERNEL=torch`` or no compiler): the kernel's CPU path keeps its own code."""
+        return native.for_device(self.device, None) is None
+
+    def upload(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Same-size RGB uint8 images (H, W, 3) → normalised (B, 3, H, W) float32 on the model's device: one
+        host-to-device copy of the uint8 pixels (pinned and ``non_blocking`` on CUDA), normalised there."""
+        batch = torch.from_numpy(np.stack([np.asarray(im, dtype=np.uint8) for im in images]))  # (B, H, W, 3)
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()
+        x = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()  # (B, 3, H, W)
+        mean, std = self._norm
+        return (x - mean) / std
+
+    def segment_on_device(self, resized: Sequence[np.ndarray], orig_sizes: Sequence[Tuple[int, int]],
+                          return_probs: bool = False, return_confidence: bool = False) -> List[DeviceResult]:
+        """The device path up to the compact outputs, which stay on the model's device (see ``to_host``).
+
+        Images are grouped by resized shape (no padding: it would change labels); each group is uploaded once
+        and its crops (whole images, or sliding windows) run ``crops_per_forward`` at a time; window averaging,
+        resizes, SFR (preliminary labels, path check), PAMR, softmax, argmax and class statistics all run on the
+        device. Nothing is read back to the host in between (tested: ``tests/test_device_path.py``)."""
+        out: List[Optional[DeviceResult]] = [None] * len(resized)
+        groups: Dict[Tuple[int, int], List[int]] = defaultdict(list)
+        for i, img in enumerate(resized):
+            groups[tuple(img.shape[:2])].append(i)
+        for (h, w), idx in groups.items():
+            x = self.upload([resized[i] for i in idx])  # (G, 3, h, w)
+            logits = self._group_logits(x)  # (G, Q, h', w')
+            for j, i in enumerate(idx):
+                out[i] = self._post_device(logits[j], tuple(orig_sizes[i]), x[j], return_probs, return_confidence)
+        return out  # type: ignore[return-value]
+
+    def _group_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised same-size images (G, 3, h, w) on the device → averaged logits (G, Q, h, w), or the patch
+        grid (G, Q, hp, wp) for SCLIP/ClearCLIP's direct resize; float32 on the device."""
+        c = self.config
+        g, _, h, w = x.shape
+        step = c.crops_per_forward
+        if c.slide_crop == 0 and c.direct_resize:
+            return torch.cat([crop_logits(self.vision, x[b0:b0 + step].to(self.dtype), self._text, self.dense_params,
+                                          grid_only=True) for b0 in range(0, g, step)])
+        wins = windows(h, w, c.slide_crop, c.slide_stride) if c.slide_crop > 0 else [(0, h, 0, w)]
+        count = self._window_count(h, w, wins)
+        total = torch.zeros(g, self.vocabulary.num_queries, h, w, device=self.device)  # (G, Q, h, w)
+        pairs = [(j, win) for win in wins for j in range(g)]  # every window has one shape within a group
+        for b0 in range(0, len(pairs), step):
+            chunk = pairs[b0:b0 + step]
+            crops = torch.stack([x[j, :, y1:y2, x1:x2] for j, (y1, y2, x1, x2) in chunk])  # (b, 3, ch, cw)
+            for (j, (y1, y2, x1, x2)), logit in zip(chunk, self._run_device(crops)):
+                total[j, :, y1:y2, x1:x2] += logit
+        if len(wins) == 1:
+            return total  # one window covering the image: the count is 1 everywhere
+        return total.div_(count)
+
+    def _window_count(self, h: int, w: int, wins: Sequence[Window]) -> torch.Tensor:
+        """Windows covering each pixel (h, w) float32 on the device; geometry only (computed on the host, never
+        read from device data), uploaded once per image shape and kept."""
+        key = (h, w, tuple(wins))
+        cached = self._counts.get(key)
+        if cached is None:
+            count = np.zeros((h, w), dtype=np.float32)
+            for y1, y2, x1, x2 in wins:
+                count[y1:y2, x1:x2] += 1
+            if (count == 0).any():
+                raise RuntimeError("sliding windows left pixels uncovered")
+            if len(self._counts) > 64:
+                self._counts.clear()
+            cached = self._counts[key] = torch.from_numpy(count).to(self.device)
+        return cached
+
+    def _run_device(self, crops: torch.Tensor) -> torch.Tensor:
+        """Normalised crops (B, 3, h, w) on the device → logits (B, Q, h, w) float32 on the device."""
+        h, w = crops.shape[-2:]
+        ph, pw = self.vision.patch_size
+        pad = self.config.pad_to_patch and (h % ph or w % pw)
+        if pad:
+            dh, dw = (-h) % ph, (-w) % pw  # ClearCLIP: zero-pad, extra pixel at bottom/right
+            crops = F.pad(crops, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))
+        out = crop_logits(self.vision, crops.to(self.dtype), self._text, self.dense_params)
+        return out[..., dh // 2: dh // 2 + h, dw // 2: dw // 2 + w] if pad else out
+
+    def _post_device(self, logits: torch.Tensor, orig_hw: Tuple[int, int], image: torch.Tensor,
+                     return_probs: bool, return_confidence: bool) -> DeviceResult:
+        """``postprocess`` on the device: final PAMR (torch) when configured, then compact outputs."""
+        c = self.config
+        if c.pamr_steps > 0:
+            guide = F.interpolate(image[None].float(), size=orig_hw, mode="bilinear", align_corners=False)
+            full = F.interpolate(logits[None].float(), size=orig_hw, mode="bilinear", align_corners=False)
+            logits = pamr(guide, full, c.pamr_steps, c.pamr_dilations, native=False)[0]
+        return postprocess_on_device(logits, orig_hw, self.post_params, return_probs, return_confidence)
 
     def _whole_grid_logits(self, tensors: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """SCLIP/ClearCLIP whole image: logits at the patch grid, resized straight to the original later."""

@@ -27,6 +27,13 @@ def bilinear_matrix(in_size: int, out_size: int) -> torch.Tensor:
     return out[0, :, :, 0].T.contiguous()  # (out, in)
 
 
+@functools.lru_cache(maxsize=128)
+def matrix_on(in_size: int, out_size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`bilinear_matrix` on ``device`` in ``dtype``, uploaded once per device and kept (no host copy
+    per call on a GPU). Read only."""
+    return bilinear_matrix(in_size, out_size).to(device, dtype)
+
+
 def resize_bilinear(x: torch.Tensor, size: Tuple[int, int], rows: Optional[slice] = None,
                     out: Optional[torch.Tensor] = None, native: Optional[bool] = None) -> torch.Tensor:
     """x (..., h, w) → (..., H, W) bilinear (align_corners=False); only output ``rows`` if given.
@@ -41,8 +48,8 @@ def resize_bilinear(x: torch.Tensor, size: Tuple[int, int], rows: Optional[slice
     h, w = x.shape[-2:]
     if (h, w) == tuple(size) and rows is None:
         return x if out is None else out.copy_(x)
-    ry = bilinear_matrix(h, size[0]).to(x.device, x.dtype)  # (H, h)
-    rx = bilinear_matrix(w, size[1]).to(x.device, x.dtype)  # (W, w)
+    ry = matrix_on(h, size[0], x.device, x.dtype)  # (H, h)
+    rx = matrix_on(w, size[1], x.device, x.dtype)  # (W, w)
     if rows is not None:
         ry = ry[rows]
     lib = cpu_kernel.for_device(x.device, native) if x.dtype == torch.float32 else None

@@ -23,15 +23,26 @@ def patch_labels(probs: torch.Tensor, temp_thd: float, patch: Tuple[int, int]) -
         probs: (B, Q, H, W) softmax probabilities at crop resolution.
         temp_thd: pixels whose max probability is below it get label 0 (parity: merges with query 0).
         patch: (ph, pw) patch size in pixels; trailing partial patches are dropped.
-    Returns: (B, hp, wp) int64, the mode of each patch's ph·pw pixel labels (parity: torch.mode, whose
-        CPU tie-break picks the smallest label).
+    Returns: (B, hp, wp) int64 on ``probs``' device: the most frequent of each patch's ph·pw pixel labels,
+        the smallest label among equally frequent ones (parity: ``torch.mode``'s CPU tie rule, which the
+        official code follows). Counted as a vote (:func:`patch_vote`) on the probabilities' device: equal
+        to ``torch.mode`` on CPU label for label (tested), without the GPU's different tie rule or a copy.
     """
-    ph, pw = patch
     maxp, pred = probs.max(dim=1)  # (B, H, W) each
-    pred = pred.masked_fill(maxp < temp_thd, 0).cpu()  # parity: the mode is taken on CPU (tie rule)
+    pred = pred.masked_fill(maxp < temp_thd, 0)
+    return patch_vote(pred, patch, probs.shape[1])
+
+
+def patch_vote(pred: torch.Tensor, patch: Tuple[int, int], num_labels: int) -> torch.Tensor:
+    """Pixel labels (B, H, W) int64 in [0, num_labels) → (B, hp, wp) int64 per-patch mode, smallest label on
+    ties, on ``pred``'s device (a count per patch and label, then ``argmax``, which returns the first maximum)."""
+    ph, pw = patch
     blocks = pred.unfold(1, ph, ph).unfold(2, pw, pw)  # (B, hp, wp, ph, pw)
-    blocks = blocks.reshape(*blocks.shape[:3], ph * pw)  # (B, hp, wp, ph*pw)
-    return torch.mode(blocks, dim=-1).values
+    b, hp, wp = blocks.shape[:3]
+    blocks = blocks.reshape(b, hp * wp, ph * pw)  # (B, N, ph*pw)
+    votes = torch.zeros(b, hp * wp, num_labels, dtype=torch.int32, device=pred.device)  # (B, N, Q)
+    votes.scatter_add_(2, blocks, torch.ones_like(blocks, dtype=torch.int32))
+    return votes.argmax(dim=2).reshape(b, hp, wp)
 
 
 def preliminary_labels(image: torch.Tensor, grid_logits: torch.Tensor, steps: int, dilations: Tuple[int, ...],
@@ -50,7 +61,7 @@ def preliminary_labels(image: torch.Tensor, grid_logits: torch.Tensor, steps: in
         image: (B, 3, H, W) normalised crops (the network's input), any float dtype.
         grid_logits: (B, Q, hp, wp) float32 cosine logits at the patch grid.
         native: as for :func:`pipeline.kernels.pamr.pamr`.
-    Returns: (B, H // ph, W // pw) int64 query labels on CPU.
+    Returns: (B, H // ph, W // pw) int64 query labels, on CPU from the kernel, on the logits' device from torch.
     """
     size = tuple(image.shape[-2:])
     lib = cpu_kernel.for_device(grid_logits.device, native)
@@ -66,8 +77,8 @@ def preliminary_labels(image: torch.Tensor, grid_logits: torch.Tensor, steps: in
                                     weights, steps, dy, dx, logit_scale, temp_thd, patch)
 
 
-@functools.lru_cache(maxsize=32)
-def _axis_probes(length: int, d_max: int) -> torch.Tensor:
+@functools.lru_cache(maxsize=64)
+def _axis_probes(length: int, d_max: int, device: torch.device = torch.device("cpu")) -> torch.Tensor:
     """Rounded probe coordinate per (start, end, k) along one axis: (length, length, K) int64.
 
     parity: the official ``check_path`` evaluates start·(1 − t_k) + end·t_k per coordinate in float32
@@ -77,16 +88,16 @@ def _axis_probes(length: int, d_max: int) -> torch.Tensor:
     t = torch.linspace(0, 1, steps=d_max + 1)  # (K,) float32
     pos = torch.arange(length).view(-1, 1, 1)  # start coordinate
     end = torch.arange(length).view(1, -1, 1)
-    return (pos * (1 - t) + end * t).round().long()  # (L, L, K)
+    return (pos * (1 - t) + end * t).round().long().to(device)  # (L, L, K), uploaded once per device
 
 
-@functools.lru_cache(maxsize=32)
-def chebyshev(grid: Tuple[int, int]) -> torch.Tensor:
-    """D (N, N) int64: max(|r_i − r_j|, |c_i − c_j|) between patches in raster order."""
+@functools.lru_cache(maxsize=64)
+def chebyshev(grid: Tuple[int, int], device: torch.device = torch.device("cpu")) -> torch.Tensor:
+    """D (N, N) int64: max(|r_i − r_j|, |c_i − c_j|) between patches in raster order (cached per device)."""
     hp, wp = grid
     r = torch.arange(hp).repeat_interleave(wp)  # (N,)
     c = torch.arange(wp).repeat(hp)
-    return torch.maximum((r[:, None] - r[None]).abs(), (c[:, None] - c[None]).abs())
+    return torch.maximum((r[:, None] - r[None]).abs(), (c[:, None] - c[None]).abs()).to(device)
 
 
 def valid_paths(labels: torch.Tensor, grid: Tuple[int, int], native: Optional[bool] = None) -> torch.Tensor:
@@ -101,14 +112,15 @@ def valid_paths(labels: torch.Tensor, grid: Tuple[int, int], native: Optional[bo
     b, n = labels.shape[0], hp * wp
     flat = labels.reshape(b, n)  # (B, N)
     d_max = max(hp, wp) - 1
-    valid = torch.ones(b, n, n, dtype=torch.bool)
+    valid = torch.ones(b, n, n, dtype=torch.bool, device=labels.device)
     if d_max == 0:
         return valid
-    rows, cols = _axis_probes(hp, d_max), _axis_probes(wp, d_max)  # (hp, hp, K), (wp, wp, K)
     lib = cpu_kernel.for_device(labels.device, native)
     if lib is not None:
+        rows, cols = _axis_probes(hp, d_max), _axis_probes(wp, d_max)  # (hp, hp, K), (wp, wp, K)
         return cpu_kernel.valid_paths(lib, labels.reshape(b, hp, wp), rows, cols)
-    dist = chebyshev(grid)
+    rows, cols = _axis_probes(hp, d_max, labels.device), _axis_probes(wp, d_max, labels.device)
+    dist = chebyshev(grid, labels.device)
     start = flat.unsqueeze(2)  # (B, N, 1) label of i
     for k in range(1, d_max + 1):  # k = 0 probes i itself
         probe = rows[:, None, :, None, k] * wp + cols[None, :, None, :, k]  # (hp, wp, hp, wp) = (i, j)
@@ -126,6 +138,11 @@ def row_smoothing_kernel(n: int, std: float) -> torch.Tensor:
     return g / g.sum()
 
 
+@functools.lru_cache(maxsize=64)
+def _smoothing_kernel_on(n: int, std: float, device: torch.device) -> torch.Tensor:
+    return row_smoothing_kernel(n, std).to(device)  # uploaded once per device
+
+
 def sfr_matrix(labels: torch.Tensor, std: float, delete_same_entity: bool = True) -> torch.Tensor:
     """Ŝ (B, N+1, N+1) float32 from patch labels (B, hp, wp); zero [cls] row and column.
 
@@ -137,12 +154,12 @@ def sfr_matrix(labels: torch.Tensor, std: float, delete_same_entity: bool = True
     flat = labels.reshape(b, n)
     s = (flat.unsqueeze(2) == flat.unsqueeze(1)).float()  # (B, N, N)
     if delete_same_entity and n > 1:
-        decay = torch.exp(-chebyshev((hp, wp)) / (max(hp, wp) - 1))  # (N, N)
+        decay = torch.exp(-chebyshev((hp, wp), labels.device) / (max(hp, wp) - 1))  # (N, N)
         s = torch.where(valid_paths(labels, (hp, wp)), s, s * decay)
-    kernel = row_smoothing_kernel(n, std)
+    kernel = _smoothing_kernel_on(n, std, labels.device)
     blurred = F.conv1d(s.reshape(b * n, 1, n), kernel.view(1, 1, -1), padding=kernel.numel() // 2)
     blurred = F.relu(blurred.reshape(b, n, n))  # (B, N, N)
     normed = blurred / (blurred.sum(dim=-1, keepdim=True) + 1e-8)
-    out = torch.zeros(b, n + 1, n + 1)
+    out = torch.zeros(b, n + 1, n + 1, device=labels.device)
     out[:, 1:, 1:] = normed
     return out
