@@ -51,7 +51,7 @@ class StandInStage(SegmentStage):
     def __init__(self, *, provenance, run_id, images_per_call, run, part_metadata, **_ignored):
         self.provenance = {k: provenance[k] for k in ("method", "base", "preset", "model", "weights_digest",
                                                        "vocabulary_hash", "segmenter_hash", "job_hash", "code_version")}
-        self.run_id, self.images_per_call, self.exclude = run_id, int(images_per_call), set()
+        self.run_id, self.images_per_call, self.exclude = run_id, int(images_per_call or 4), set()
         self.run, self.part_metadata = run, dict(part_metadata)
 
     def _segment(self, recs: List[Dict]) -> List:

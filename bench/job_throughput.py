@@ -121,8 +121,9 @@ def in_process(images: pathlib.Path, job_args: List[str], threads: int) -> Dict:
     seg = Segmenter.build(cfg.segmenter_config(), cfg.model_config())
     files = sorted(images.iterdir())
     t0 = time.perf_counter()
-    for i in range(0, len(files), cfg.images_per_call):
-        batch = [decode_image(p.read_bytes()).image for p in files[i:i + cfg.images_per_call]]
+    per_call = cfg.images_per_call or 4  # the CPU actor's default
+    for i in range(0, len(files), per_call):
+        batch = [decode_image(p.read_bytes()).image for p in files[i:i + per_call]]
         for res in seg.segment(batch):
             segments_from_labels(res.labels, seg.class_names, res.class_scores)
     dt = time.perf_counter() - t0

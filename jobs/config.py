@@ -60,7 +60,7 @@ class LabelJobConfig:
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0  # also the torch thread count of a CPU actor
     actor_resources: Optional[Dict[str, float]] = None  # custom Ray resources per segment actor (node pinning)
-    images_per_call: int = 4  # images per segmenter call inside an actor (an actor gets whole shards)
+    images_per_call: Optional[int] = None  # images per segmenter call in an actor; None: 4 on CPU, 16 on GPU
     shard_size: int = 256  # images per committed part file, per read task and per actor call
     read_threads: int = 8  # objects a read task fetches at a time
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -90,12 +90,15 @@ class LabelJobConfig:
         if self.retry not in RETRY_POLICIES:
             raise ConfigError(f"--retry {self.retry!r}; valid: {', '.join(RETRY_POLICIES)}")
         for name in ("num_actors", "images_per_call", "shard_size", "read_threads", "max_pixels"):
-            if int(getattr(self, name)) <= 0:
+            if getattr(self, name) is not None and int(getattr(self, name)) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be > 0 (got {getattr(self, name)})")
         if self.max_actors is not None and int(self.max_actors) < int(self.num_actors):
             raise ConfigError(f"--num-actors {self.actors_spec()}: MAX must be >= MIN")
         if self.gpus_per_actor < 0 or self.cpus_per_actor <= 0:
             raise ConfigError("--gpus-per-actor must be >= 0 and --cpus-per-actor > 0")
+        if self.device == "cuda" and not self.gpus_per_actor:  # gpu: Ray gives GPUs only to actors asking for them
+            raise ConfigError("--device cuda needs --gpus-per-actor > 0 (e.g. 1, or 0.5 for two actors per GPU): "
+                              "Ray assigns GPUs only to actors that ask for them")
         if self.ignore_below is not None and not 0.0 <= self.ignore_below <= 1.0:
             raise ConfigError(f"--ignore-below {self.ignore_below} must be a probability in [0, 1]")
         if self.min_instance_area < 0 or (self.min_instance_area and not self.instances):

@@ -46,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--actor-resources", type=_json_object, metavar="JSON",
       help='custom Ray resources per segment actor, e.g. \'{"gpu_node": 1}\' to pin actors to a node type')
     a("--images-per-call", type=int, default=LabelJobConfig.images_per_call,
-      help="images per segmenter call inside an actor (actors get whole shards); crops per trunk forward are "
-           "--set crops_per_forward=N")
+      help="images per segmenter call inside an actor (actors get whole shards); default 4 on a CPU actor, 16 on a "
+           "GPU actor; crops per trunk forward are --set crops_per_forward=N (default 8 on CPU, 32 on GPU)")
     options.add_alias(p, "--batch-size", "images_per_call", type=int)
     a("--shard-size", type=int, default=256, help="images per committed part file, per read task and per actor call")
     a("--read-threads", type=int, default=LabelJobConfig.read_threads, help="objects a read task fetches at a time")
@@ -179,6 +179,7 @@ def format_summary(s: dict) -> str:
              f"({a.get('images_per_second', 0)} images/s), total {a.get('wall_seconds', 0)} s"
              + (f" (Ray start-up {a['ray_start_seconds']} s)" if "ray_start_seconds" in a else ""),
              "  by status: " + json.dumps(s["by_status"], sort_keys=True),
+             "  actor devices: " + json.dumps(a.get("devices", {}), sort_keys=True),
              "  stage seconds (summed over images): "
              + json.dumps({k: round(v, 2) for k, v in s["stage_seconds_summed"].items()})]
     top = s.get("top_errors") or []

@@ -53,7 +53,8 @@ def add_model_options(p: argparse.ArgumentParser, weights_help: str = "") -> Non
                    help="smoke mode: random CLIP weights; everything runs but the LABELS ARE MEANINGLESS")
     add_alias(w, "--random-init", "random_weights", flag=True)
     g.add_argument("--dtype", default="fp32", choices=DTYPES)
-    g.add_argument("--device", default="auto", choices=DEVICES, help="auto: cuda when available, else cpu")
+    g.add_argument("--device", default="auto", choices=DEVICES, help="auto: in a Ray job the GPUs Ray assigned to the "
+                   "actor (--gpus-per-actor), else cpu; outside Ray cuda when available")
 
 
 def has_weights(ns: argparse.Namespace) -> bool:

@@ -9,6 +9,7 @@ initialised by the caller, else connects to ``$RAY_ADDRESS``/``ray_address`` or 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -20,6 +21,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 from jobs import cluster, commit, lease, resources, storage
 from jobs.config import RETRY_POLICIES, LabelJobConfig
+from jobs.devices import ray_worker_device, summarize_devices
 from jobs.dispatch import Dispatch, label_shards
 from jobs.inputs import InputError, InputOptions
 from jobs.planner import Indexed, PlanLocator, Planner
@@ -85,7 +87,8 @@ def _prepare(seg_cfg, mc, vocab, cache_uri: Optional[str], threads: int, s3_endp
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("pipeline").setLevel(logging.INFO)  # text-encoding progress reaches the driver's log
     storage.apply_endpoint(s3_endpoint)
-    if not torch.cuda.is_available():
+    mc = dataclasses.replace(mc, device=ray_worker_device(mc.device))  # a GPU only if this task asked for one
+    if mc.device == "cpu":
         torch.set_num_threads(max(1, threads))
     prepared = prepare(seg_cfg, mc, vocabulary=vocab, text_cache=cache_uri, write_cache=False)
     return dict(text=prepared.text, weights_digest=prepared.weights_digest)
@@ -375,6 +378,7 @@ def _label_and_commit(cfg, output: str, run_id: str, manifest: Dict, prep: Dict,
                 layout.META_EXCLUDED: json.dumps(manifest["excluded_category_ids"])}
     t1, cpu1 = time.perf_counter(), time.process_time()
     parts: List[Dict] = []
+    devices_used: List[Optional[Dict]] = []
     if todo:
         for result in _label(cfg, run, plan, todo, prep, prep["text_uri"], seg_cfg, mc, vocab, metadata,
                              segment_stage):
@@ -383,6 +387,7 @@ def _label_and_commit(cfg, output: str, run_id: str, manifest: Dict, prep: Dict,
                 log.warning("shard %d of %s was already committed; kept the existing part", result["shard"], run)
             parts.append(dict(shard=result["shard"], name=result["name"], rows=result["rows"],
                               **json.loads(result["stats"])))
+            devices_used.append(result.get("device"))
         missing = sorted(set(todo) - {p["shard"] for p in parts})
         if missing:
             raise RuntimeError(f"run {run_id}: shards {missing[:10]} got no rows; rerun to resume")
@@ -392,7 +397,8 @@ def _label_and_commit(cfg, output: str, run_id: str, manifest: Dict, prep: Dict,
     attempt = dict(images_labeled=labeled, shards_resumed=len(done), wall_seconds=round(time.perf_counter() - t0, 3),
                    **timings, label_seconds=round(t_label, 3),
                    images_per_second=round(labeled / t_label, 3) if t_label > 0 and labeled else 0.0,
-                   driver_cpu_label_seconds=round(cpu_label, 3), driver_peak_rss_mib=round(_peak_rss_mib(), 1))
+                   driver_cpu_label_seconds=round(cpu_label, 3), driver_peak_rss_mib=round(_peak_rss_mib(), 1),
+                   devices=summarize_devices(devices_used))
     record = commit.success_record(run_id, run, manifest, parts, attempt)
     if record["rows"] != plan.rows:
         raise RuntimeError(f"run {run_id}: {record['rows']} committed rows for {plan.rows} planned images")

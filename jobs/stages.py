@@ -11,8 +11,11 @@ exactly one row: failures are rows with a status, never exceptions. Private colu
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
+import logging
+import os
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -32,6 +35,10 @@ DECODED_SCHEMA = pa.schema([
     ("_t_read", pa.float64()), ("_t_decode", pa.float64()),
 ])
 TIMING_COLUMNS = ("_t_read", "_t_decode", "_t_segment", "_t_encode")
+# --images-per-call when not given, per device type: a GPU needs many crops per forward (crops_per_forward is
+# sized per device as well, pipeline.config.DEVICE_CROPS_PER_FORWARD), a CPU actor gains nothing from more.
+IMAGES_PER_CALL = {"cpu": 4, "cuda": 16}
+log = logging.getLogger(__name__)
 
 
 def read_shard(shard: int, *, plan, seg_config, bytes_column: str, max_pixels: int, threads: int,
@@ -167,7 +174,11 @@ class SegmentStage:
         from pipeline.segmenter import Segmenter
 
         storage.apply_endpoint(s3_endpoint)
-        if not torch.cuda.is_available():
+        from jobs import devices  # the device rule: auto = the GPUs Ray assigned, else the CPU
+
+        gpu_ids = ray.get_gpu_ids()
+        model_config = dataclasses.replace(model_config, device=devices.worker_device(model_config.device, gpu_ids))
+        if model_config.device == "cpu":
             torch.set_num_threads(max(1, int(torch_threads)))  # Ray sets OMP_NUM_THREADS=1 in workers
         te = text_embeddings
         if isinstance(te, str):  # the text cache's file (the job's way: survives restarts, no object store)
@@ -177,6 +188,8 @@ class SegmentStage:
         elif isinstance(te, ray.ObjectRef):
             te = ray.get(te)
         self.seg = Segmenter.build(seg_config, model_config, vocabulary=vocabulary, text_embeddings=te)
+        self.device = devices.describe(self.seg.device, gpu_ids).to_dict()
+        self.device["actor"] = ray.get_runtime_context().get_actor_id()
         own = self.seg.provenance()
         for k in ("weights_digest", "vocabulary_hash", "method", "base", "preset"):
             if own[k] != provenance[k]:
@@ -187,7 +200,8 @@ class SegmentStage:
         self.run_id = run_id
         self.exclude = set(exclude_ids)
         self.patch = tuple(self.seg.vision.patch_size)
-        self.images_per_call = int(images_per_call)
+        # gpu: None = the device's default
+        self.images_per_call = int(images_per_call or IMAGES_PER_CALL.get(self.seg.device.type, 4))
         self.run, self.part_metadata = run, dict(part_metadata)
         self.row_spec = dict(row_spec or {})  # instances, min_instance_area, ignore_below (LabelJobConfig)
         self.confidence = bool(self.row_spec.get("instances")) or self.row_spec.get("ignore_below") is not None
@@ -198,7 +212,8 @@ class SegmentStage:
 
     def label_block(self, block: pa.Table) -> List[Dict]:
         """Decoded images of whole shards (``read_shard``) → their parts, written here → ``write_parts`` results."""
-        return write_parts(self.label_rows(block), run=self.run, metadata=self.part_metadata)
+        written = write_parts(self.label_rows(block), run=self.run, metadata=self.part_metadata)
+        return [dict(r, device=getattr(self, "device", None)) for r in written]  # the summary's actor devices
 
     def label_rows(self, block: pa.Table) -> pa.Table:
         """Decoded images (``DECODED_SCHEMA``) → one label row each (``LABEL_SCHEMA`` + the private columns), in
@@ -240,16 +255,58 @@ class SegmentStage:
                 idx.append(i)
         images = [self._pixels(recs[i]) for i in idx]
         sizes = [(recs[i]["height"], recs[i]["width"]) for i in idx]
-        try:
-            for i, res in zip(idx, self.seg.segment_prepared(images, sizes, return_confidence=self.confidence)):
-                out[i] = res
-        except Exception:  # noqa: BLE001 - isolate the failing image(s) one by one
-            for i, img, hw in zip(idx, images, sizes):
-                try:
-                    out[i] = self.seg.segment_prepared([img], [hw], return_confidence=self.confidence)[0]
-                except Exception as e:  # noqa: BLE001 - becomes this image's row
-                    out[i] = (Status.INFERENCE_ERROR.value, f"{type(e).__name__}: {e}"[:2000])
+        for i, res in zip(idx, self._segment_batch(images, sizes)):
+            out[i] = res
         return out
+
+    def _segment_batch(self, images: List[np.ndarray], sizes: List) -> List:
+        """Images → a SegmentationResult or an (inference_error, message) tuple each.
+
+        CUDA out of memory: empty the cache, halve the batch and retry, down to one image; an image that fails alone
+        (out of memory or any ordinary error) becomes ``inference_error``. A sticky CUDA error (the context is
+        poisoned: every later call would fail) ends the actor's process: Ray restarts it and the dispatcher
+        requeues its shards (nothing of this call was written). Any other error: the images are retried one by one
+        and each failing one becomes ``inference_error``."""
+        from jobs import devices
+
+        if not images:
+            return []
+        try:
+            fault = devices.injected_fault(len(images))
+            if fault is not None:
+                raise fault
+            return list(self.seg.segment_prepared(images, sizes, return_confidence=self.confidence))
+        except Exception as e:  # noqa: BLE001 - classified below
+            kind = devices.fault_kind(e)
+            if kind == "sticky":
+                self._exit_sticky(e)
+            if kind == "oom":
+                self._empty_cache()
+                if len(images) > 1:
+                    half = (len(images) + 1) // 2
+                    log.warning("CUDA out of memory on %d images; retrying as %d + %d", len(images), half,
+                                len(images) - half)
+                    return self._segment_batch(images[:half], sizes[:half]) + \
+                        self._segment_batch(images[half:], sizes[half:])
+                return [(Status.INFERENCE_ERROR.value, f"{type(e).__name__}: {e}"[:2000])]
+            if len(images) == 1:
+                return [(Status.INFERENCE_ERROR.value, f"{type(e).__name__}: {e}"[:2000])]
+            return [r for img, hw in zip(images, sizes) for r in self._segment_batch([img], [hw])]
+
+    def _empty_cache(self) -> None:
+        import torch
+
+        if self.seg.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _exit_sticky(self, e: BaseException) -> None:
+        """A sticky CUDA error: log it and end this process now (``os._exit``: no cleanup touches the poisoned
+        context); Ray restarts the actor, the driver requeues its shards."""
+        import sys
+
+        print(f"segment actor on {self.device}: sticky CUDA error, exiting so that Ray restarts it: "
+              f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        os._exit(70)
 
     def _pixels(self, rec: Dict) -> np.ndarray:
         """A record's image at the preset's size: the shipped pixels, resized here when the read task sent the

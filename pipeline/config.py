@@ -10,7 +10,17 @@ import hashlib
 import json
 from typing import Any, Optional, Tuple
 
-DTYPES = ("fp32", "bf16", "fp16")
+DTYPES = ("fp32", "tf32", "bf16", "fp16")  # tf32: fp32 weights, TF32 matmuls/convolutions on CUDA (fp32 on CPU)
+# crops_per_forward when the config leaves it None, per device type: a CPU gains nothing past ~8 crops of 224²
+# (the trunk is compute-bound at 1-2 threads), a GPU needs batches of 32+ crops to fill its matrix units.
+DEVICE_CROPS_PER_FORWARD = {"cpu": 8, "cuda": 32}
+
+
+def crops_per_forward_for(config: "SegmenterConfig", device_type: str) -> int:
+    """The crops per trunk forward for ``config`` on a device of type ``device_type`` (cpu, cuda, ...)."""
+    if config.crops_per_forward is not None:
+        return config.crops_per_forward
+    return DEVICE_CROPS_PER_FORWARD.get(device_type, DEVICE_CROPS_PER_FORWARD["cpu"])
 ACTIVATIONS = ("auto", "quickgelu", "gelu")
 
 
@@ -87,7 +97,9 @@ class SegmenterConfig:
     pamr_steps: int = 0  # final PAMR on the original-size logits (NACLIP's default post-processing)
     pamr_dilations: Tuple[int, ...] = (8, 16)
     max_side_after_resize: int = 4096  # refuse images whose resized side exceeds this
-    crops_per_forward: int = 8  # crops (of one shape, from any images of a call) per trunk forward; not in the hash
+    # crops (of one shape, from any images of a call) per trunk forward; None: the device's default
+    # (DEVICE_CROPS_PER_FORWARD). Not in the hash: batched output equals the one-crop-at-a-time path (tested).
+    crops_per_forward: Optional[int] = None
 
     def validate(self) -> "SegmenterConfig":
         from pipeline.method import variants  # local import: variants imports torch
@@ -95,7 +107,8 @@ class SegmenterConfig:
         variants.get_variant(self.method, self.base)  # raises KeyError listing names
         _positive("resize_short", self.resize_short)
         _positive("resize_long", self.resize_long)
-        _positive("crops_per_forward", self.crops_per_forward)
+        if self.crops_per_forward is not None:
+            _positive("crops_per_forward", self.crops_per_forward)
         if self.slide_crop < 0 or (self.slide_crop > 0 and self.slide_stride <= 0):
             raise ConfigError(
                 f"slide_crop={self.slide_crop}, slide_stride={self.slide_stride}: crop must be >= 0 "

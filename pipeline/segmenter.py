@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import ModelConfig, SegmenterConfig
+from pipeline.config import ModelConfig, SegmenterConfig, crops_per_forward_for
 from pipeline.kernels import native
 from pipeline.kernels.pamr import pamr
 from pipeline.method.dense import DenseParams, crop_logits
@@ -46,6 +46,7 @@ class Segmenter:
         self.dtype = next(model.parameters()).dtype
         self._text = text.embeddings.to(device=self.device, dtype=torch.float32)  # (Q, E); logits are float32
         self.dense_params = DenseParams.from_config(config)
+        self.crops_per_forward = crops_per_forward_for(config, self.device.type)  # None in the config: per device
         self.post_params = PostParams(logit_scale=config.logit_scale, prob_thd=config.prob_thd,
                                       area_thd=config.area_thd, query_to_class=vocabulary.query_to_class,
                                       num_classes=vocabulary.num_classes)
@@ -116,8 +117,8 @@ class Segmenter:
             for win in wins:
                 jobs[(win[1] - win[0], win[3] - win[2])].append((i, win))
         for shape_jobs in jobs.values():
-            for b0 in range(0, len(shape_jobs), c.crops_per_forward):
-                chunk = shape_jobs[b0:b0 + c.crops_per_forward]
+            for b0 in range(0, len(shape_jobs), self.crops_per_forward):
+                chunk = shape_jobs[b0:b0 + self.crops_per_forward]
                 crops = torch.stack([images[i][:, y1:y2, x1:x2] for i, (y1, y2, x1, x2) in chunk])
                 for (i, win), logit in zip(chunk, self._run(crops)):
                     accs[i].add(win, logit)
@@ -198,6 +199,11 @@ class Segmenter:
         and its crops (whole images, or sliding windows) run ``crops_per_forward`` at a time; window averaging,
         resizes, SFR (preliminary labels, path check), PAMR, softmax, argmax and class statistics all run on the
         device. Nothing is read back to the host in between (tested: ``tests/test_device_path.py``)."""
+        with torch.inference_mode():
+            return self._segment_on_device(resized, orig_sizes, return_probs, return_confidence)
+
+    def _segment_on_device(self, resized: Sequence[np.ndarray], orig_sizes: Sequence[Tuple[int, int]],
+                           return_probs: bool, return_confidence: bool) -> List[DeviceResult]:
         out: List[Optional[DeviceResult]] = [None] * len(resized)
         groups: Dict[Tuple[int, int], List[int]] = defaultdict(list)
         for i, img in enumerate(resized):
@@ -214,7 +220,7 @@ class Segmenter:
         grid (G, Q, hp, wp) for SCLIP/ClearCLIP's direct resize; float32 on the device."""
         c = self.config
         g, _, h, w = x.shape
-        step = c.crops_per_forward
+        step = self.crops_per_forward
         if c.slide_crop == 0 and c.direct_resize:
             return torch.cat([crop_logits(self.vision, x[b0:b0 + step].to(self.dtype), self._text, self.dense_params,
                                           grid_only=True) for b0 in range(0, g, step)])

@@ -29,9 +29,21 @@ import torch
 # logits kind -> f(q, k, scale) with q, k (B, h, T, d) -> (B, h, T, T)
 LOGITS: Dict[str, Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]] = {
     "qk": lambda q, k, s: (q * s) @ k.transpose(-1, -2),  # parity: official scales q before the product
-    "qq": lambda q, k, s: (q @ q.transpose(-1, -2)).mul_(s),
-    "kk": lambda q, k, s: (k @ k.transpose(-1, -2)).mul_(s),
+    "qq": lambda q, k, s: _gram(q, s),
+    "kk": lambda q, k, s: _gram(k, s),
 }
+
+
+def _gram(x: torch.Tensor, s: float) -> torch.Tensor:
+    """s·XXᵀ (B, h, T, T) for per-head X (B, h, T, d): the product, then the scale (parity; fp32 and bf16).
+
+    fp16 safety: an unscaled key–key / query–query dot product is 1/s (8× for d = 64) larger than the logit and
+    can pass float16's 65504 where the logit does not; in float16 X is scaled by √s first (the same value up to
+    rounding), so only a logit that itself overflows can. fp32/bf16 numbers are unchanged."""
+    if x.dtype == torch.float16:
+        y = x * math.sqrt(s)
+        return y @ y.transpose(-1, -2)
+    return (x @ x.transpose(-1, -2)).mul_(s)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,7 +30,7 @@ VISION_ATTRS = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "t
 BLOCK_ATTRS = ("ln_1", "attn", "ls_1", "ln_2", "mlp", "ls_2")
 ATTN_ATTRS = ("in_proj_weight", "in_proj_bias", "out_proj", "num_heads", "batch_first")
 
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _DROP_KEYS = ("input_resolution", "context_length", "vocab_size")  # OpenAI JIT archives carry these ints
 
 
@@ -386,16 +386,36 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def slow_cpu_dtype(device: torch.device, dtype: str) -> Optional[str]:
-    """Why half-precision weights will run slowly on this CPU, or None (GPU, fp32, or native support).
+def _cpu_flags() -> set:
+    """The CPU feature flags of /proc/cpuinfo (empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
-    bf16/fp16 matrix products are fast on x86 CPUs only with AVX512-BF16 or AMX; elsewhere torch falls back
-    to a scalar path. Measured on an AVX2-only AMD EPYC (2 cores): bf16 2048³ matmul 0.3 GFLOP/s vs
-    174 fp32, the ViT-B/16 trunk 2.2 s per 224 crop vs 0.24 s.
+
+def slow_cpu_dtype(device: torch.device, dtype: str) -> Optional[str]:
+    """Why half-precision weights will run slowly on this CPU, or None (GPU, fp32/tf32, or native support).
+
+    bf16 matrix products are fast on x86 CPUs only with AVX512-BF16 or AMX, fp16 ones only with AVX512-FP16 or
+    AMX-FP16; elsewhere torch falls back to a slow path. Measured on an AVX2-only AMD EPYC (2 cores): bf16 2048³
+    matmul 0.3 GFLOP/s vs 174 fp32, the ViT-B/16 trunk 2.2 s per 224 crop vs 0.24 s; on an AVX512-BF16 CPU fp16
+    was 3.6x slower than fp32 end to end, bf16 1.6x faster.
     """
-    if device.type != "cpu" or dtype == "fp32" or platform.machine().lower() not in ("x86_64", "amd64"):
+    if device.type != "cpu" or dtype in ("fp32", "tf32") or platform.machine().lower() not in ("x86_64", "amd64"):
         return None
     cpu = getattr(torch, "cpu", None)
+    if dtype == "fp16":
+        flags = _cpu_flags()
+        if not flags or {"avx512_fp16", "amx_fp16"} & flags:
+            return None  # cannot tell, or native fp16
+        return ("dtype fp16 on a CPU without AVX512-FP16 or AMX-FP16: torch runs fp16 matmuls on a slow fallback "
+                "here (fp16 was 3.6x slower than fp32 end to end even on an AVX512-BF16 CPU); use fp32, or bf16 on a "
+                "CPU with AVX512-BF16/AMX, fp16 on a GPU")
     checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     if any(c is None for c in checks):
         return None  # this torch cannot tell
@@ -404,6 +424,15 @@ def slow_cpu_dtype(device: torch.device, dtype: str) -> Optional[str]:
     return (f"dtype {dtype} on a CPU without AVX512-BF16 or AMX: torch runs half-precision matmuls on a slow "
             f"fallback here (measured ~9x slower than fp32 for the ViT-B/16 trunk); use fp32 on this CPU, "
             f"bf16/fp16 on a GPU or a CPU with AVX512-BF16/AMX")
+
+
+def set_matmul_precision(device: torch.device, dtype: str) -> None:
+    """TF32 on CUDA exactly when ``dtype`` is ``tf32`` (an explicit choice, part of the segmenter hash through the
+    dtype): torch's process-wide ``allow_tf32`` switches for matmuls and cuDNN convolutions. CPUs: nothing (tf32
+    runs as fp32 there)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
+        torch.backends.cudnn.allow_tf32 = dtype == "tf32"
 
 
 def build_model(mc: ModelConfig) -> Tuple[nn.Module, str]:
@@ -438,6 +467,7 @@ def build_model(mc: ModelConfig) -> Tuple[nn.Module, str]:
     slow = slow_cpu_dtype(device, mc.dtype)
     if slow:
         log.warning("%s", slow)
+    set_matmul_precision(device, mc.dtype)
     model = model.to(device=device, dtype=TORCH_DTYPES[mc.dtype]).eval()
     model.requires_grad_(False)
     return model, digest
