@@ -44,7 +44,8 @@ class DeviceTraffic(TorchDispatchMode):
         if name in SYNC_OPS:
             self.syncs.append(name)
         out = func(*args, **kwargs)
-        if name in ("_to_copy", "copy_", "_copy_from", "_copy_from_and_resize", "lift_fresh_copy"):
+        # under torch.inference_mode a device change dispatches as ``to`` (else as ``_to_copy``)
+        if name in ("to", "_to_copy", "copy_", "_copy_from", "_copy_from_and_resize", "lift_fresh_copy"):
             src = [a.device.type for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
             dst = out.device.type if isinstance(out, torch.Tensor) else None
             if name == "copy_":  # copy_(self=dst, src)

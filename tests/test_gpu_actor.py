@@ -101,14 +101,14 @@ def test_ray_assigned_gpus_decide_auto():
     assert all(len(a[1]) == 1 for a in out["actors"])
 
 
-def _job(tmp_path: pathlib.Path, model_args, fault: str, monkeypatch, n: int = 8):
+def _job(tmp_path: pathlib.Path, model_args, fault: str, monkeypatch, n: int = 8, rc_expected: int = 0):
     names = write_images(tmp_path / "in", n, seed=4)
     monkeypatch.setenv("RESLABEL_TEST_FAULT", fault)
     log = tmp_path / "job.log"
     rc = finish(launch(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), *model_args,
                         "--run-id", "fault-run"], log), timeout=600)
     text = log.read_text(errors="replace")
-    assert rc == 0, text[-4000:]
+    assert rc == rc_expected, text[-4000:]
     success = json.loads((tmp_path / "out" / "runs" / "fault-run" / "_SUCCESS.json").read_text())
     assert committed_names(str(tmp_path / "out")) == collections.Counter(names)  # every image exactly once
     return success, text
@@ -123,7 +123,8 @@ def test_oom_halves_the_batch_down_to_one_image(tmp_path, model_args, monkeypatc
 
 
 def test_oom_alone_is_an_inference_error(tmp_path, model_args, monkeypatch):
-    success, _ = _job(tmp_path, model_args, "oom:0", monkeypatch, n=4)
+    # every image fails: committed as rows, and the job ends failed (exit 3, "no image was labeled")
+    success, _ = _job(tmp_path, model_args, "oom:0", monkeypatch, n=4, rc_expected=3)
     assert success["by_status"] == {"inference_error": 4}
     assert "OutOfMemoryError" in success["top_errors"][0]["message"]
 
