@@ -1,7 +1,9 @@
 """Build an open_clip CLIP with its weights, and expose the ViT parts the dense forward reads.
 
 This is the only module that touches open_clip internals. ``VISION_ATTRS``/``BLOCK_ATTRS``/``ATTN_ATTRS``
-list every attribute read; ``tests/test_models.py`` pins them on the installed open_clip.
+list every attribute read; ``tests/test_models.py`` pins them on the installed open_clip. ``TEXT_ATTRS`` lists
+those of the text tower read by ``encode_text`` (causal prefix encoding); ``tests/test_text_prefix.py`` pins them
+and checks the tower is causal and reads the end-of-text token.
 
 Weights never run pickled code: safetensors, ``torch.load(weights_only=True)``, or an OpenAI TorchScript
 archive whose tensors are read by a restricted unpickler (its code is never loaded).
@@ -480,6 +482,74 @@ def tokenizer_for(mc: ModelConfig):
     return open_clip.get_tokenizer(resolve_arch(mc.arch, mc.arch_json))
 
 
+# --- text tower: causal prefix encoding -----------------------------------------------------------------------
+# open_clip's CLIP.encode_text runs all context_length (77) positions under a causal mask and reads one token:
+# the end-of-text token (``text_pool_type`` "argmax": the largest id, which is EOT in CLIP's vocabulary; "eos":
+# the first ``text_eos_id``). Under a causal mask position i sees only positions <= i, so the tokens after the
+# last read position of a batch never reach the embedding: a batch truncated to that prefix gives the same
+# embeddings (docs/method.md §1.3) at a fraction of the cost (a CLIP prompt is ~10-20 tokens of 77).
+TEXT_ATTRS = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection", "attn_mask",
+              "text_pool_type")
+TEXT_POOLS = ("argmax", "eos")  # pool types that read one token chosen from the ids
+
+
+def text_prefix_unsupported(model: nn.Module) -> Optional[str]:
+    """Why ``model``'s text tower cannot be run on a prefix (then ``encode_text`` uses the full context), or None.
+
+    Requires the open_clip ``CLIP`` layout (``TEXT_ATTRS`` on the model), a pool type in ``TEXT_POOLS`` and a
+    strictly causal additive mask (C, C): ``-inf`` above the diagonal, finite on and below it.
+    """
+    missing = [a for a in TEXT_ATTRS if not hasattr(model, a)]
+    if missing:
+        return f"{type(model).__name__} lacks {missing} (not open_clip's CLIP text layout)"
+    if model.text_pool_type not in TEXT_POOLS:
+        return f"text pool type {model.text_pool_type!r} does not read one token chosen from the ids"
+    if model.text_pool_type == "eos" and getattr(model, "text_eos_id", None) is None:
+        return "text pool type 'eos' without text_eos_id"
+    mask = model.attn_mask
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or mask.shape[0] != mask.shape[1]:
+        return "the text tower has no (C, C) attention mask (not causal)"
+    upper = torch.ones(mask.shape, dtype=torch.bool, device=mask.device).triu(1)
+    if not (torch.isneginf(mask[upper]).all() and torch.isfinite(mask[~upper]).all()):
+        return "the text attention mask is not causal"
+    if mask.shape[0] != model.positional_embedding.shape[0]:
+        return f"attention mask {tuple(mask.shape)} does not match {model.positional_embedding.shape[0]} positions"
+    return None
+
+
+def text_read_positions(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """(B,) int64: the position whose output ``encode_text`` reads for each row of ``tokens`` (B, C) — the
+    end-of-text token — computed as open_clip's ``text_global_pool`` does. Needs ``text_prefix_unsupported``
+    to be None."""
+    if model.text_pool_type == "argmax":
+        return tokens.argmax(dim=-1)  # EOT has the largest id; the first maximum, as text_global_pool takes
+    return (tokens == model.text_eos_id).int().argmax(dim=-1)
+
+
+@torch.no_grad()
+def encode_text(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """(B, E) text embeddings (not normalised) of ``tokens`` (B, C) ids, equal to ``model.encode_text(tokens)``
+    (within float rounding, max |d| ~1e-6 measured) but computed on the prefix that ends at the batch's last
+    read (end-of-text) position: L = max read position + 1 tokens instead of C. Falls back to
+    ``model.encode_text`` when ``text_prefix_unsupported(model)`` gives a reason. Shorter batches gain most:
+    ``pipeline.model.text.encode_queries`` groups prompts of similar length.
+    """
+    if text_prefix_unsupported(model) is not None:
+        return model.encode_text(tokens)
+    pos = text_read_positions(model, tokens)  # (B,)
+    n = int(pos.max()) + 1 if pos.numel() else 1
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens[:, :n]).to(cast)  # (B, L, W)
+    x = x + model.positional_embedding[:n].to(cast)  # (L, W) broadcast over B
+    x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])  # causal (L, L) block of the (C, C) mask
+    x = model.ln_final(x)  # (B, L, W)
+    x = x[torch.arange(x.shape[0], device=x.device), pos]  # (B, W) at the read positions
+    proj = model.text_projection
+    if proj is None:
+        return x
+    return proj(x) if isinstance(proj, nn.Module) else x @ proj  # (B, E)
+
+
 def arch_display_name(arch: str) -> str:
     return pathlib.Path(arch).stem if arch.endswith(".json") else arch
 
@@ -488,3 +558,4 @@ __all__ = ["VisionParts", "Block", "vision_parts", "resolve_arch", "inline_arch"
            "weights_digest", "weights_identity", "load_state_dict", "check_state_dict", "build_model", "tokenizer_for",
            "WeightsError",
            "TORCH_DTYPES", "resolve_device", "arch_display_name", "slow_cpu_dtype"]
+__all__ += ["TEXT_ATTRS", "TEXT_POOLS", "text_prefix_unsupported", "text_read_positions", "encode_text"]

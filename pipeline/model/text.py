@@ -71,23 +71,40 @@ def text_key(arch: str, weights_digest: str, dtype: str, vocab: Vocabulary) -> s
 def encode_queries(model: nn.Module, tokenizer, vocab: Vocabulary, batch_size: int = 256) -> torch.Tensor:
     """(Q, E) float32 unit embeddings; prompts are encoded ``batch_size`` at a time across queries.
 
-    Logs progress after every batch (prompts done / total, prompts per second, seconds left): on a CPU the
-    80 templates of a 21-class vocabulary take minutes with ViT-B/16."""
+    The text tower is causal and read at the end-of-text token, so each batch runs only up to its longest
+    prompt's end-of-text token (``pipeline.model.clip.encode_text``), and prompts are batched by length (sorted by
+    token count, longest first; results put back in prompt order) so short prompts do not run at a long one's
+    length. Equal to encoding the full context within float rounding (tests/test_text_prefix.py: <= 1e-5).
+    Logs progress after every batch (prompts done / total, prompts per second, seconds left)."""
+    from pipeline.model.clip import encode_text, text_prefix_unsupported, text_read_positions
+
     prompts = [p for q in vocab.query_names for p in vocab.prompts(q)]  # Q*T prompts, query-major
     device = next(model.parameters()).device
+    tokens = tokenizer(prompts)  # (P, C) ids
+    why_full = text_prefix_unsupported(model)
+    if why_full is None:
+        lengths = text_read_positions(model, tokens) + 1  # (P,) tokens up to and including end-of-text
+        order = torch.argsort(lengths, descending=True, stable=True)  # (P,) longest first: "s left" errs high
+    else:
+        log.info("text embeddings: full %d-token context (%s)", tokens.shape[1], why_full)
+        lengths = torch.full((len(prompts),), tokens.shape[1])
+        order = torch.arange(len(prompts))
     n_batches = -(-len(prompts) // batch_size)
-    log.info("text embeddings: encoding %d prompts (%d queries x %d templates) in %d batches on %s",
-             len(prompts), vocab.num_queries, len(vocab.templates), n_batches, device)
+    log.info("text embeddings: encoding %d prompts (%d queries x %d templates) in %d batches on %s, %d-%d tokens "
+             "of %d", len(prompts), vocab.num_queries, len(vocab.templates), n_batches, device,
+             int(lengths.min()), int(lengths.max()), tokens.shape[1])
     t0 = time.perf_counter()
-    feats = []
+    feats: Optional[torch.Tensor] = None
     for b, i in enumerate(range(0, len(prompts), batch_size), start=1):
-        tokens = tokenizer(prompts[i:i + batch_size]).to(device)
-        f = model.encode_text(tokens).float()  # (b, E)
-        feats.append(f / f.norm(dim=-1, keepdim=True))
+        idx = order[i:i + batch_size]  # (b,) prompt indices of this batch
+        f = encode_text(model, tokens[idx].to(device)).float()  # (b, E)
+        if feats is None:
+            feats = torch.empty(len(prompts), f.shape[1], device=f.device)  # (P, E)
+        feats[idx.to(f.device)] = f / f.norm(dim=-1, keepdim=True)
         done, dt = min(i + batch_size, len(prompts)), time.perf_counter() - t0
         log.info("text embeddings: batch %d/%d, %d/%d prompts, %.1f prompts/s, ~%.0f s left", b, n_batches, done,
                  len(prompts), done / dt if dt > 0 else 0.0, dt / done * (len(prompts) - done))
-    per_prompt = torch.cat(feats).reshape(vocab.num_queries, len(vocab.templates), -1)  # (Q, T, E)
+    per_prompt = feats.reshape(vocab.num_queries, len(vocab.templates), -1)  # (Q, T, E)
     mean = per_prompt.mean(dim=1)  # (Q, E)
     return (mean / mean.norm(dim=-1, keepdim=True)).cpu()
 
