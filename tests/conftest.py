@@ -18,6 +18,17 @@ TINY_ARCH = str(TESTS / "data" / "tiny-vit.json")
 
 os.environ.setdefault("RAY_ACCEPT_CLUSTER_SIDE_EFFECTS", "1")
 
+# Tiers (docs/job.md "Tests"): a test that uses one of these fixtures starts Ray or an S3 server and is marked
+# ``job`` here, so ``pytest -m "not job and not slow"`` runs the pure-unit tier alone. New job-level tests are
+# marked by using the fixtures; a test that starts Ray or a job some other way marks itself (pytest.mark.job).
+JOB_FIXTURES = frozenset({"ray_local", "moto_endpoint"})
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if JOB_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.job)
+
 
 def make_openclip_model(arch: str, seed: int = 0):
     """A random-initialised open_clip CLIP (QuickGELU), fp32, eval mode."""

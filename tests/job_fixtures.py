@@ -197,9 +197,12 @@ def assert_masks_match_inprocess(rows: List[dict], files: Dict[str, bytes], mode
     from pipeline.io.decode import decode_image
     from pipeline.segmenter import Segmenter
 
-    cfg = config_from_args(["--input", "x", "--output", "y", *model_args])
     torch.set_num_threads(1)  # same as the actor: identical float reductions
-    seg = Segmenter.build(cfg.segmenter_config(), cfg.model_config())
+    key = ("segmenter", *model_args)
+    if key not in _SHARED:  # built once per set of model arguments (model + text embeddings), reused by callers
+        cfg = config_from_args(["--input", "x", "--output", "y", *model_args])
+        _SHARED[key] = Segmenter.build(cfg.segmenter_config(), cfg.model_config())
+    seg = _SHARED[key]
     checked = 0
     for row in rows:
         if row["status"] != "ok":

@@ -3,10 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -117,40 +113,21 @@ def test_source_stem_names_and_collisions(tmp_path):
 
 
 @pytest.fixture()
-def s3_env(monkeypatch, tmp_path):
-    """A real S3 API (moto_server) on localhost, reachable through fsspec/s3fs via the environment."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    exe = os.path.join(os.path.dirname(sys.executable), "moto_server")
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    for k, v in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
-    try:
-        import boto3
+def s3_env(moto_endpoint, monkeypatch):
+    """A fresh bucket on the session's S3 API (moto_server on localhost, ``tests/job_fixtures.py``), reachable
+    through fsspec/s3fs via the environment. Yields the bucket's name."""
+    import uuid
 
-        deadline = time.time() + 20
-        while True:
-            try:
-                boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="labels")
-                break
-            except Exception:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.3)
-        import fsspec
+    import fsspec
 
-        fsspec.filesystem("s3").clear_instance_cache()
-        yield endpoint
-    finally:
-        import fsspec
+    from tests.job_fixtures import s3_client
 
-        fsspec.filesystem("s3").clear_instance_cache()  # no cached client may outlive this server
-        proc.terminate()
-        proc.wait(10)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    bucket = f"export-{uuid.uuid4().hex[:8]}"
+    s3_client(moto_endpoint).create_bucket(Bucket=bucket)
+    fsspec.filesystem("s3").clear_instance_cache()
+    yield bucket
+    fsspec.filesystem("s3").clear_instance_cache()  # no cached client may outlive this endpoint setting
 
 
 def test_s3_run_exports_to_s3(tmp_path, s3_env):
@@ -158,16 +135,16 @@ def test_s3_run_exports_to_s3(tmp_path, s3_env):
 
     run_dir, labels, _ = synthetic_run(tmp_path)
     fs = fsspec.filesystem("s3")
-    fs.put(run_dir + "/", "labels/out/runs/test-run/", recursive=True)
-    run = open_run("s3://labels/out/runs/test-run")
+    fs.put(run_dir + "/", f"{s3_env}/out/runs/test-run/", recursive=True)
+    run = open_run(f"s3://{s3_env}/out/runs/test-run")
     assert run.committed and len(run.files) == 2
-    write_coco(run, "s3://labels/exports/coco.json")
-    write_label_pngs(run, "s3://labels/exports/png")
+    write_coco(run, f"s3://{s3_env}/exports/coco.json")
+    write_label_pngs(run, f"s3://{s3_env}/exports/png")
     local = tmp_path / "coco.json"
-    fs.get("labels/exports/coco.json", str(local))
+    fs.get(f"{s3_env}/exports/coco.json", str(local))
     coco = COCO(str(local))
     for a in coco.dataset["annotations"]:
         img = coco.imgs[a["image_id"]]
         np.testing.assert_array_equal(coco.annToMask(a), labels[img["reslabel_image_id"]] == a["category_id"] - 1)
     for image_id, lab in labels.items():
-        np.testing.assert_array_equal(read_label_png(f"s3://labels/exports/png/{image_id}.png"), lab)
+        np.testing.assert_array_equal(read_label_png(f"s3://{s3_env}/exports/png/{image_id}.png"), lab)
