@@ -20,7 +20,7 @@ def test_missing_input_prefix(model_args, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_empty_input(model_args, tmp_path, capsys):
+def test_empty_input(ray_local, model_args, tmp_path, capsys):  # planning runs on Ray: the job tier
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "readme.txt").write_text("no images here")
     code, err = _run(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), *model_args], capsys)

@@ -21,13 +21,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 # (B, Q, H, W, mask size, dilations, steps): crop sizes, a width that is no multiple of the vector width,
 # a dilation larger than the image (replicate padding clamps every tap), other dilations, steps 0 and 1,
+SLOW = pytest.mark.slow  # full-size cases: ~10x the work of the small ones; the unit tier keeps the small ones
 CASES = [
-    (1, 7, 224, 224, (224, 224), (8, 16), 10),
+    pytest.param(1, 7, 224, 224, (224, 224), (8, 16), 10, marks=SLOW),
     (2, 5, 37, 53, (19, 27), (8, 16), 10),
     (1, 1, 5, 9, (5, 9), (8, 16), 3),
     (1, 3, 40, 41, (40, 41), (1, 2, 3), 1),
     (1, 6, 17, 16, (9, 9), (8, 16), 0),
-    (3, 150, 48, 80, (3, 5), (8, 16), 10),
+    pytest.param(3, 150, 48, 80, (3, 5), (8, 16), 10, marks=SLOW),
     # row classes (every vertical offset a multiple of G, see run_block): one row; H - 1 a multiple of 8
     # (rows 0 and H - 1 in one class); G = 4 and G = 16 with H - 1 in another class than row 0
     (1, 2, 1, 7, (1, 7), (8, 16), 10),
@@ -72,6 +73,7 @@ def test_kernel_keeps_constants_and_is_used_by_default(monkeypatch):
 
 
 @needs_compiler
+@pytest.mark.slow  # a whole voc21 frame with PAMR twice through the torch reference
 def test_segmenter_same_labels_with_and_without_kernel(monkeypatch, tiny_arch, tiny_weights, tiny_vocab_file,
                                                        tiny_templates_file):
     from pipeline import ModelConfig, get_preset
@@ -96,6 +98,7 @@ def test_bad_mode_is_a_config_error(monkeypatch):
 
 
 @needs_compiler
+@pytest.mark.slow  # compiles the kernel from scratch (the other tests reuse the cached build)
 def test_build_is_cached_and_keyed(tmp_path):
     first = native.build_kernel(tmp_path)
     stamp = first.stat().st_mtime_ns
