@@ -16,7 +16,7 @@ import collections
 import io
 import json
 import re
-from typing import Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -131,9 +131,48 @@ def error_groups(table: pa.Table, keep: int = TOP_ERRORS) -> List[List]:
 
 
 def part_stats(table: pa.Table, stage_seconds: Dict[str, float]) -> Dict:
-    """What a part's metadata and its write result carry: status counts, stage seconds, top errors."""
+    """What a part's metadata and its write result carry: status counts, stage seconds, top errors, and the
+    pixels of its ``ok`` rows and of their ignore regions (``pixel_counts``)."""
     return dict(by_status=dict(collections.Counter(table.column("status").to_pylist())),
-                stage_seconds=stage_seconds, errors=error_groups(table))
+                stage_seconds=stage_seconds, errors=error_groups(table), pixels=pixel_counts(table))
+
+
+# ---- ignored share (--ignore-below guard) -------------------------------------------------------------------
+IGNORED_WARN_SHARE = 0.9  # above this share of the ok rows' pixels in ignore regions, the job warns
+
+
+def pixel_counts(table: pa.Table) -> Dict[str, int]:
+    """``{"ok": pixels of the ok rows (width x height), "ignored": pixels in their ignore regions}``."""
+    from pipeline.labels.rle import rle_area
+
+    ok = ignored = 0
+    names = table.column_names
+    for row in table.select([c for c in ("status", "width", "height", "ignore") if c in names]).to_pylist():
+        if row["status"] == "ok" and row["width"] is not None:
+            ok += int(row["width"]) * int(row["height"])
+            ignored += rle_area(row["ignore"]) if row.get("ignore") else 0
+    return {"ok": ok, "ignored": ignored}
+
+
+def ignored_summary(parts: List[Dict], ignore_below: Optional[float]) -> Dict:
+    """``ignored_pixels``, ``ok_pixels``, ``ignored_share`` (None when no part recorded pixels) and the
+    ``warnings`` of a run labelled with ``--ignore-below`` (share above ``IGNORED_WARN_SHARE``); {} without it."""
+    if ignore_below is None:
+        return {}
+    counted = [p["pixels"] for p in parts if p.get("pixels")]
+    ok, ignored = sum(c["ok"] for c in counted), sum(c["ignored"] for c in counted)
+    share = ignored / ok if counted and ok else None
+    out: Dict[str, Any] = dict(ignore_below=ignore_below, ok_pixels=ok, ignored_pixels=ignored,
+                               ignored_share=None if share is None else round(share, 6),
+                               ignored_warn_share=IGNORED_WARN_SHARE, warnings=[])
+    if share is not None and share > IGNORED_WARN_SHARE:
+        out["warnings"].append(
+            f"--ignore-below {ignore_below} put {share:.1%} of the labelled pixels in ignore regions (more than "
+            f"{IGNORED_WARN_SHARE:.0%}): almost nothing is left to train on. The model is unsure of most pixels "
+            "(random or mismatched weights, a vocabulary that does not fit the images); lower --ignore-below or "
+            "check the run with `python -m jobs.report`")
+    return out
+# ---- end ignored share --------------------------------------------------------------------------------------
 
 
 def write_part(run: str, shard: int, table: pa.Table) -> bool:
@@ -153,7 +192,8 @@ def read_part_stats(run: str, shards: Iterable[int]) -> List[Dict]:
             if by_status is None:
                 by_status = dict(collections.Counter(pf.read(columns=["status"]).column(0).to_pylist()))
         out.append(dict(shard=shard, name=layout.part_name(shard), rows=rows, by_status=by_status,
-                        stage_seconds=meta.get("stage_seconds", {}), errors=meta.get("errors", [])))
+                        stage_seconds=meta.get("stage_seconds", {}), errors=meta.get("errors", []),
+                        pixels=meta.get("pixels")))
     return out
 
 
@@ -178,7 +218,8 @@ def success_record(run_id: str, run: str, manifest: Dict, parts: List[Dict], att
                 top_errors=[dict(status=s, message=m, count=c, example=e) for s, m, c, e in top],
                 stage_seconds_summed=dict(stages), attempt=attempt, categories=manifest["categories"],
                 excluded_category_ids=manifest["excluded_category_ids"], provenance=manifest["provenance"],
-                config=manifest["config"], created_at=manifest["created_at"])
+                config=manifest["config"], created_at=manifest["created_at"],
+                **ignored_summary(parts, ((manifest.get("config") or {}).get("job") or {}).get("ignore_below")))
 
 
 def write_success(run: str, record: Dict) -> bool:

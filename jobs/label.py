@@ -157,6 +157,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return EXIT_ERROR
     print(format_summary(summary), flush=True)
+    for warning in summary.get("warnings") or []:  # e.g. --ignore-below left almost nothing labelled
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
     if cfg.random_weights:
         print(SMOKE_WARNING, file=sys.stderr, flush=True)
     failure = policy_failure(summary, cfg.max_error_rate)
@@ -182,6 +184,10 @@ def format_summary(s: dict) -> str:
              "  actor devices: " + json.dumps(a.get("devices", {}), sort_keys=True),
              "  stage seconds (summed over images): "
              + json.dumps({k: round(v, 2) for k, v in s["stage_seconds_summed"].items()})]
+    if s.get("ignored_share") is not None:
+        lines.append(f"  ignored (--ignore-below {s['ignore_below']}): {s['ignored_share']:.1%} of the ok rows' "
+                     f"pixels ({s['ignored_pixels']} of {s['ok_pixels']}; warning above "
+                     f"{s['ignored_warn_share']:.0%})")
     top = s.get("top_errors") or []
     if top:
         lines.append("  top errors:")

@@ -20,7 +20,7 @@ import numpy as np
 
 from jobs import options
 from pipeline.labels.dataset import LabeledImageDataset, load_rgb
-from pipeline.labels.overlay import contact_sheet, overlay_image
+from pipeline.labels.overlay import banner, contact_sheet, is_random_weights, overlay_image
 from pipeline.labels.reader import UNLABELED, RunNotCommitted, class_pixel_totals, open_run
 
 DEFAULT_TEXT_CACHE = "~/.cache/reslabel/text_embeddings"  # a vocabulary is encoded once, then read back
@@ -66,12 +66,16 @@ def sheet(args: argparse.Namespace):
     items = []
     for i in range(len(dset)):
         image, labels = dset[i]
-        name = dset.rows[i]["source_uri"].rstrip("/").rsplit("/", 1)[-1]
-        items.append((image, labels, name))
+        name = dset.row(i)["source_uri"].rstrip("/").rsplit("/", 1)[-1]
+        items.append((image.numpy(), labels.numpy(), name))
     totals = class_pixel_totals(run, fill=fill).astype(np.float64)
     share = totals / totals.sum() if totals.sum() else totals
-    return contact_sheet(items, run.categories, cols=args.cols, thumb=args.thumb, alpha=args.alpha, share=share,
-                         legend_title="class   pixel share (whole run)")
+    picture = contact_sheet(items, run.categories, cols=args.cols, thumb=args.thumb, alpha=args.alpha, share=share,
+                            legend_title="class   pixel share (whole run)")
+    digest = ((run.manifest or {}).get("provenance") or {}).get("weights_digest")
+    if digest is None:  # a partial run: the rows say
+        digest = next(iter(run.rows(columns=["weights_digest"])), {}).get("weights_digest")
+    return banner(picture) if is_random_weights(digest) else picture
 
 
 def one_image(args: argparse.Namespace):
@@ -85,7 +89,8 @@ def one_image(args: argparse.Namespace):
     image = load_rgb(args.image)
     result = seg.segment([image], names=[args.image])[0]
     title = f"{args.image.rsplit('/', 1)[-1]}  ({cfg.preset}, {cfg.method}/{cfg.base})"
-    return overlay_image(image, result.labels, seg.class_names, alpha=args.alpha, title=title)
+    picture = overlay_image(image, result.labels, seg.class_names, alpha=args.alpha, title=title)
+    return banner(picture) if mc.random_init else picture
 
 
 def main(argv: Optional[List[str]] = None) -> int:

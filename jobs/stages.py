@@ -121,7 +121,7 @@ def write_parts(batch: pa.Table, *, run: str, metadata: Dict[str, str]) -> List[
         written = commit.write_part(run, shard, commit.part_table([rows], meta))
         if not written:  # an earlier call committed this shard: report what the committed part holds
             (kept,) = commit.read_part_stats(run, [shard])
-            stats = {k: kept[k] for k in ("by_status", "stage_seconds", "errors")}
+            stats = {k: kept[k] for k in ("by_status", "stage_seconds", "errors", "pixels")}
         results.append(dict(shard=shard, name=layout.part_name(shard), rows=rows.num_rows, written=written,
                             stats=json.dumps(stats)))
     return results
@@ -319,7 +319,7 @@ class SegmentStage:
         return img
 
     def _row(self, rec: Dict, res, now: datetime.datetime) -> Dict:
-        from pipeline.labels.segments import row_segments
+        from pipeline.labels.segments import image_confidence, row_segments
 
         common = dict(image_id=rec["image_id"], source_uri=rec["source_uri"], width=rec["width"],
                       height=rec["height"], run_id=self.run_id, labeled_at=now, **self.provenance)
@@ -329,4 +329,5 @@ class SegmentStage:
             return make_row(status=res[0], error=res[1], **common)
         segs, ignore = row_segments(res.labels, self.seg.class_names, res.class_scores, self.exclude,
                                     label_probs=res.label_probs, confidence=res.confidence, **self.row_spec)
-        return make_row(status=Status.OK.value, segments=segs, ignore=ignore, **common)
+        return make_row(status=Status.OK.value, segments=segs, ignore=ignore,
+                        confidence=image_confidence(res.class_scores, res.pixel_counts), **common)  # schema 2.2

@@ -11,7 +11,8 @@ from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "2.1"  # 2.0: config_hash became job_hash, segmenter_hash added; 2.1: instance_id, ignore
+SCHEMA_VERSION = "2.2"  # 2.0: config_hash became job_hash, segmenter_hash added; 2.1: instance_id, ignore;
+# 2.2: confidence (additive: older parts read it as null)
 # columns of schema 1.x runs under their current names (the reader renames them; see ``LEGACY_SCHEMA``)
 LEGACY_COLUMNS = {"config_hash": "job_hash"}
 
@@ -62,6 +63,10 @@ LABEL_SCHEMA = pa.schema(
         pa.field("segments", pa.list_(SEGMENT_TYPE), nullable=False),  # empty unless ok
         # 2.1: pixels whose winning class probability is below --ignore-below, in no segment; null without it
         pa.field("ignore", RLE_TYPE),
+        # 2.2: the image's confidence in [0, 1]: the mean over ALL its pixels of the probability of the class each
+        # pixel got (background, excluded classes and pixels below prob_thd included, so an all-background image
+        # has one too); null when not ok and in runs written before 2.2
+        pa.field("confidence", pa.float32()),
         # provenance
         pa.field("method", pa.string(), nullable=False),
         pa.field("base", pa.string(), nullable=False),
@@ -103,6 +108,8 @@ def validate_row(row: Mapping[str, Any]) -> None:
     if status not in _STATUSES:
         raise ValueError(f"label row for {row['source_uri']!r}: unknown status {status!r}")
     if status != Status.OK.value:
+        if row["confidence"] is not None:
+            raise ValueError(f"label row for {row['source_uri']!r}: status {status} but has a confidence")
         if row["ignore"] is not None:
             raise ValueError(f"label row for {row['source_uri']!r}: status {status} but has an ignore region")
         if row["segments"]:
@@ -125,6 +132,7 @@ def make_row(**fields: Any) -> dict:
     fields.setdefault("segments", [])
     fields.setdefault("error", None)
     fields.setdefault("ignore", None)
+    fields.setdefault("confidence", None)
     fields["segments"] = [s if "instance_id" in s else {**s, "instance_id": None} for s in fields["segments"]]
     if isinstance(fields.get("status"), Status):
         fields["status"] = fields["status"].value

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.labels.segments import segments_from_labels
+from pipeline.labels.segments import image_confidence, row_segments, segments_from_labels
 from schemas import make_row, rows_to_table
 
 CLASSES = ["sky", "cat", "dog", "person"]
@@ -42,8 +42,9 @@ def label_row(image_id: str, source_uri: str, labels: Optional[np.ndarray], clas
                         error="synthetic failure", **prov)
     scores = np.random.default_rng(seed).uniform(0.2, 1.0, len(class_names))
     segs = segments_from_labels(labels, list(class_names), scores, exclude=exclude)
+    counts = np.bincount(np.asarray(labels).ravel(), minlength=len(class_names))[:len(class_names)]
     return make_row(image_id=image_id, source_uri=source_uri, width=labels.shape[1], height=labels.shape[0],
-                    status="ok", segments=segs, **prov)
+                    status="ok", segments=segs, confidence=image_confidence(scores, counts), **prov)
 
 
 def write_run(run_dir: str, rows: List[dict], class_names: Sequence[str], committed: bool = True,
@@ -101,6 +102,36 @@ def synthetic_run(tmp_path, n_ok: int = 5, n_failed: int = 2, hw=(37, 53), exclu
     for j in range(n_failed):
         rows.append(label_row(f"bad{j}", str(tmp_path / "images" / f"bad{j}.jpg"), None, CLASSES, "decode_error"))
     return write_run(str(tmp_path / "runs" / RUN_ID), rows, CLASSES), labels, images
+
+
+def review_run(tmp_path) -> tuple:
+    """A committed random-weights run labelled with --ignore-below 0.4: 5 images with ignore regions (real
+    ``row_segments``), one all-background image (class 0 excluded: no segment, yet a confidence), one failure."""
+    rng = np.random.default_rng(3)
+    rows, sources = [], {}
+    prov = dict(method="resclip", base="naclip", preset="custom", model="tiny", weights_digest="random:tiny:seed0",
+                vocabulary_hash="v" * 16, segmenter_hash="s" * 16, job_hash="j" * 16, code_version="test",
+                run_id=RUN_ID, labeled_at=dt.datetime(2026, 12, 1, tzinfo=dt.timezone.utc))
+    for i in range(6):
+        h, w = 40 + 4 * i, 56 - 2 * i
+        labels = block_labels(h, w, seed=i) if i < 5 else np.zeros((h, w), np.int32)  # the last: all background
+        conf = rng.uniform(0.2, 1.0, (h, w)).astype(np.float32)
+        scores = np.array([conf[labels == c].mean() if (labels == c).any() else np.nan for c in range(len(CLASSES))])
+        segs, ignore = row_segments(labels, CLASSES, scores, exclude=[0], label_probs=conf, confidence=conf,
+                                    ignore_below=0.4)
+        name = f"street scene {i}.png" if i < 5 else "empty-wall.png"
+        src = save_png(str(tmp_path / "photos" / name), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        image_id = f"{i:02d}" + "ab" * 11
+        sources[image_id] = name
+        counts = np.bincount(labels.ravel(), minlength=len(CLASSES))
+        rows.append(make_row(image_id=image_id, source_uri=src, width=w, height=h, status="ok", segments=segs,
+                             ignore=ignore, confidence=image_confidence(scores, counts), **prov))
+    rows.append(make_row(image_id="f" * 24, source_uri=str(tmp_path / "photos" / "broken.jpg"), width=None,
+                         height=None, status="decode_error", error="not an image", **prov))
+    extra = {"provenance": {"weights_digest": "random:tiny:seed0"}, "excluded_category_ids": [0],
+             "config": {"job": {"preset": "voc21", "background": "auto", "instances": False, "ignore_below": 0.4},
+                        "segmenter": {"prob_thd": 0.1}}}
+    return write_run(str(tmp_path / "runs" / RUN_ID), rows, CLASSES, manifest_extra=extra), sources
 
 
 def make_benchmark(root: str, bench, gts: Dict[str, np.ndarray], seed: int = 0, split: bool = True) -> Dict[str, str]:

@@ -104,12 +104,20 @@ def test_hostile_image_ids_export_inside_prefix(tmp_path):
 
 def test_source_stem_names_and_collisions(tmp_path):
     rows = [label_row("a", "/data/x/img1.jpg", np.zeros((2, 2), int), CLASSES),
-            label_row("b", "/data/y/img1.jpg", np.ones((2, 2), int), CLASSES)]
+            label_row("b", "/data/y/img1.jpg", np.ones((2, 2), int), CLASSES),
+            label_row("c", "/data/z/street 7.png", np.ones((2, 2), int), CLASSES)]
     run = open_run(write_run(str(tmp_path / "run"), rows, CLASSES))
     with pytest.raises(ValueError, match="both map to img1.png"):
         write_label_pngs(run, str(tmp_path / "o1"), name_by="source_stem")
+    # default: the source stem where unique, stem + image id where shared; label_maps.json names the sources
     files = write_label_pngs(run, str(tmp_path / "o2"))
-    assert sorted(os.path.basename(v) for v in files.values()) == ["a.png", "b.png"]
+    street = safe_name("street 7") + ".png"
+    assert {k: os.path.basename(v) for k, v in files.items()} == {"a": "img1-a.png", "b": "img1-b.png", "c": street}
+    index = json.loads((tmp_path / "o2" / "label_maps.json").read_text())
+    assert index["sources"] == {"a": "/data/x/img1.jpg", "b": "/data/y/img1.jpg", "c": "/data/z/street 7.png"}
+    assert index["name_by"] == "auto" and index["files"]["c"] == street
+    files = write_label_pngs(run, str(tmp_path / "o3"), name_by="image_id")
+    assert sorted(os.path.basename(v) for v in files.values()) == ["a.png", "b.png", "c.png"]
 
 
 @pytest.fixture()

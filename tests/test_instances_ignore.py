@@ -83,14 +83,15 @@ def test_schema_2_0_runs_read_without_instances_or_ignore(tmp_path):
         t = pq.read_table(path)
         meta = {**t.schema.metadata, b"reslabel.schema_version": b"2.0"}
         segs = [[{k: v for k, v in s.items() if k != "instance_id"} for s in row] for row in t["segments"].to_pylist()]
-        t = t.drop_columns(["ignore", "segments"]).append_column("segments", __import__("pyarrow").array(segs))
+        t = t.drop_columns(["ignore", "confidence", "segments"])
+        t = t.append_column("segments", __import__("pyarrow").array(segs))
         pq.write_table(t.replace_schema_metadata(meta), path)
     run = open_run(run_dir)
     assert run.schema_version == "2.0" and not run.legacy
     for image_id, row in ((r["image_id"], r) for r in run.rows()):
         assert row["ignore"] is None and all(s["instance_id"] is None for s in row["segments"])
         assert row["segments"] == before[image_id]["segments"]
-    assert LABEL_SCHEMA.metadata[b"reslabel.schema_version"] == b"2.1"
+    assert LABEL_SCHEMA.metadata[b"reslabel.schema_version"] == b"2.2"
 
 
 @pytest.mark.parametrize("args,message", [
@@ -121,6 +122,13 @@ def test_job_with_instances_and_ignore_regions(ray_local, image_dir, model_args,
     rows = list(run.rows(status="ok"))
     assert rows and all(r["ignore"] is not None for r in rows)
     assert any(ignore_mask(r).any() for r in rows), "no pixel below 0.3: the test would not test the ignore path"
+    # the --ignore-below guard: the share of the ok rows' pixels in ignore regions, in the summary and _SUCCESS.json
+    ignored = sum(int(ignore_mask(r).sum()) for r in rows)
+    total = sum(r["width"] * r["height"] for r in rows)
+    assert (s["ignored_pixels"], s["ok_pixels"]) == (ignored, total) and s["ignore_below"] == 0.3
+    assert s["ignored_share"] == pytest.approx(ignored / total, abs=1e-6)
+    assert run.manifest["ignored_share"] == s["ignored_share"]
+    assert "ignored_share" not in plain
     for r in rows:
         ids = [seg["instance_id"] for seg in r["segments"]]
         assert ids == list(range(1, len(ids) + 1))
@@ -148,9 +156,39 @@ def test_job_with_instances_and_ignore_regions(ray_local, image_dir, model_args,
             assert a["bbox"] == pytest.approx(list(mask_utils.toBbox(a["segmentation"])))
     index = json.loads((png_dir / "label_maps.json").read_text())
     dset = LabeledImageDataset(run)
-    for i, r in enumerate(dset.rows):
+    for i in range(len(dset)):
+        r = dset.row(i)
         ign = ignore_mask(r)
         png = read_label_png(str(png_dir / index["files"][r["image_id"]]))
         assert (png[ign] == 255).all() and np.array_equal(png, label_map(r).astype(np.uint8))
         _, lab = dset[i]
         assert (np.asarray(lab)[ign] == 255).all()
+
+
+@pytest.mark.slow
+def test_ignore_below_warns_when_it_ignores_almost_everything(ray_local, image_dir, model_args, tmp_path, capsys):
+    """Random weights leave every pixel unsure: --ignore-below 0.999 ignores ~100 %; the run commits (exit 0) and
+    says so on stderr, in the summary and in _SUCCESS.json."""
+    from jobs import commit
+    from jobs.label import main
+
+    out = tmp_path / "labels"
+    assert main(["--input", str(image_dir), "--output", str(out), "--ignore-below", "0.999", *model_args]) == 0
+    captured = capsys.readouterr()
+    (run_dir,) = (out / "runs").iterdir()
+    manifest = open_run(str(run_dir)).manifest
+    assert manifest["ignored_share"] > commit.IGNORED_WARN_SHARE and manifest["ignored_warn_share"] == 0.9
+    assert len(manifest["warnings"]) == 1 and "ignore regions" in manifest["warnings"][0]
+    assert "warning: --ignore-below 0.999 put" in captured.err
+    assert "ignored (--ignore-below 0.999):" in captured.out
+
+
+def test_ignored_summary_counts_parts():
+    from jobs.commit import ignored_summary
+
+    parts = [{"pixels": {"ok": 100, "ignored": 95}}, {"pixels": None}, {"pixels": {"ok": 100, "ignored": 90}}]
+    s = ignored_summary(parts, 0.5)
+    assert s["ignored_share"] == 0.925 and s["warnings"]
+    assert ignored_summary(parts[:1] + [{"pixels": {"ok": 100, "ignored": 10}}], 0.5)["warnings"] == []
+    assert ignored_summary(parts, None) == {}
+    assert ignored_summary([{"pixels": None}], 0.5)["ignored_share"] is None  # parts written before the count

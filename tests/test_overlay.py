@@ -97,3 +97,35 @@ def test_one_image_cli(tmp_path, tiny_arch, tiny_weights, tiny_vocab_file, tiny_
     assert overlay_main(args) == 0
     with Image.open(out) as im:
         np.testing.assert_array_equal(np.asarray(im), first)
+
+
+def test_random_weights_runs_carry_a_banner(tmp_path, tiny_arch, tiny_vocab_file, tiny_templates_file):
+    """A contact sheet of a random-weights run and a one-image overlay with --random-weights start with the red
+    RANDOM WEIGHTS strip; a run on real weights does not."""
+    import json
+
+    from pipeline.labels.overlay import BANNER_BG
+
+    run_dir, _ = photo_run(tmp_path)
+    plain = str(tmp_path / "plain.png")
+    assert overlay_main(["--run", run_dir, "--out", plain, "--n", "2", "--cols", "2", "--thumb", "64"]) == 0
+    success = os.path.join(run_dir, "_SUCCESS.json")
+    manifest = json.load(open(success))
+    manifest["provenance"] = {"weights_digest": "random:tiny:seed0"}
+    json.dump(manifest, open(success, "w"))
+    marked = str(tmp_path / "marked.png")
+    assert overlay_main(["--run", run_dir, "--out", marked, "--n", "2", "--cols", "2", "--thumb", "64"]) == 0
+    with Image.open(plain) as a, Image.open(marked) as b:
+        assert b.width == a.width and b.height > a.height
+        assert tuple(np.asarray(b)[2, 2]) == BANNER_BG and tuple(np.asarray(a)[2, 2]) != BANNER_BG
+        np.testing.assert_array_equal(np.asarray(b)[b.height - a.height:], np.asarray(a))  # the sheet, unchanged
+
+    from skimage import data
+
+    src = save_png(str(tmp_path / "cat.png"), data.chelsea()[::4, ::4])
+    out = str(tmp_path / "cat.png.overlay.png")
+    assert overlay_main(["--image", src, "--preset", "voc21", "--model", tiny_arch, "--random-weights",
+                         "--vocabulary", tiny_vocab_file, "--templates", tiny_templates_file,
+                         "--set", "resize_short=112", "--text-cache", "none", "--out", out]) == 0
+    with Image.open(out) as im:
+        assert tuple(np.asarray(im)[2, 2]) == BANNER_BG

@@ -50,7 +50,7 @@ def test_read_labels_reads_a_schema_2_0_run(ray_local, tmp_path):
         t = pq.read_table(path)
         meta = {**t.schema.metadata, b"reslabel.schema_version": b"2.0"}
         segs = [[{k: v for k, v in s.items() if k != "instance_id"} for s in row] for row in t["segments"].to_pylist()]
-        t = t.drop_columns(["ignore", "segments"]).append_column("segments", pa.array(segs))
+        t = t.drop_columns(["ignore", "confidence", "segments"]).append_column("segments", pa.array(segs))
         pq.write_table(t.replace_schema_metadata(meta), path)
     got = {r["image_id"]: r["label"] for r in read_labels(run_dir).iter_rows()}
     assert set(got) == set(labels) and all(np.array_equal(got[i], labels[i]) for i in labels)

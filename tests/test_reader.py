@@ -115,7 +115,7 @@ def test_torch_dataset_pairs_images_with_label_maps(run_parts, tmp_path):
     assert len(dset) == 5
     for i in range(len(dset)):
         image, lab = dset[i]
-        image_id = dset.rows[i]["image_id"]
+        image_id = dset.row(i)["image_id"]
         np.testing.assert_array_equal(image, images[image_id])
         np.testing.assert_array_equal(lab, labels[image_id])
     by_dir = LabeledImageDataset(run, images=str(tmp_path / "images"), categories=["cat"])

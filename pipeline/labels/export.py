@@ -117,44 +117,72 @@ def png_bytes(labels: np.ndarray, num_classes: int) -> bytes:
     return buf.getvalue()
 
 
-def png_name(row: Dict[str, Any], name_by: str = "image_id") -> str:
+NAME_BY = ("auto", "source_stem", "image_id")
+
+
+def source_stem(source_uri: str) -> str:
+    """The source's file name without extension (for a container member ``shard.tar#key.jpg``: ``key.jpg``)."""
+    base = source_uri.rstrip("/").rsplit("/", 1)[-1]
+    return base.split("#", 1)[1] if "#" in base else base.rsplit(".", 1)[0]
+
+
+def png_name(row: Dict[str, Any], name_by: str = "source_stem") -> str:
     """PNG file name of a row: from its ``image_id`` or from the stem of its ``source_uri``."""
     if name_by == "image_id":
         key = row["image_id"]
     elif name_by == "source_stem":
-        base = row["source_uri"].rstrip("/").rsplit("/", 1)[-1]
-        key = base.split("#", 1)[1] if "#" in base else base.rsplit(".", 1)[0]  # container: the member key
+        key = source_stem(row["source_uri"])
     else:
-        raise ValueError(f"name_by={name_by!r}; valid: image_id, source_stem")
+        raise ValueError(f"name_by={name_by!r}; valid: {', '.join(NAME_BY)}")
     return safe_name(key) + ".png"
 
 
-def write_label_pngs(run: Run, out_prefix: str, name_by: str = "image_id", fill: int = UNLABELED,
+def write_label_pngs(run: Run, out_prefix: str, name_by: str = "auto", fill: int = UNLABELED,
                      **filters: Any) -> Dict[str, str]:
     """Write one palette PNG per ``ok`` row under ``out_prefix`` plus ``label_maps.json``.
 
     ``fill`` is the value of pixels no segment covers: 255 (ignore), or e.g. ``run.background_fill()``
-    to give them back the class the job left out of the segments (background).
+    to give them back the class the job left out of the segments (background). ``name_by``: ``"auto"``
+    (default) names each file by its source's stem (``img_0001.jpg`` → ``img_0001.png``, so images and labels
+    pair up by stem) where that stem is unique in the export, and ``<stem>-<image_id>.png`` for stems shared
+    by several sources; ``"source_stem"`` (a shared stem is an error) or ``"image_id"``.
+    ``label_maps.json`` lists the classes, the fill value, ``files`` (image id → file) and ``sources``
+    (image id → source URI).
 
     Returns:
         image_id → written URI. Two rows mapping to one file name raise ``ValueError``.
     """
+    if name_by not in NAME_BY:
+        raise ValueError(f"name_by={name_by!r}; valid: {', '.join(NAME_BY)}")
     root = out_prefix.rstrip("/")
     names = run.categories
     files: Dict[str, str] = {}
+    sources: Dict[str, str] = {}
     used: Dict[str, str] = {}
     filters["status"] = "ok"
+    shared: set = set()
+    if name_by == "auto":  # a first, light pass (two string columns): which stems occur more than once
+        seen: set = set()
+        for row in run.rows(columns=["source_uri"], **filters):
+            stem = png_name(row, "source_stem")
+            (shared if stem in seen else seen).add(stem)
     for row in run.rows(**filters):
-        name = png_name(row, name_by)
+        if name_by == "auto":
+            name = png_name(row, "source_stem")
+            if name in shared:
+                name = safe_name(f"{source_stem(row['source_uri'])}-{row['image_id']}") + ".png"
+        else:
+            name = png_name(row, name_by)
         if name in used:
             raise ValueError(f"image ids {used[name]!r} and {row['image_id']!r} both map to {name}; "
-                             "use name_by='image_id'")
+                             "use name_by='auto' or 'image_id'")
         used[name] = row["image_id"]
         uris.write_bytes(join_under(root, name), png_bytes(label_map(row, fill), len(names)))
         files[row["image_id"]] = name
+        sources[row["image_id"]] = row["source_uri"]
     index = {"classes": names, "ignore_index": UNLABELED, "unlabeled_value": fill,
              "value_meaning": f"class index 0..{len(names) - 1}; {fill} where no segment covers the pixel",
-             "reduce_zero_label": False, "run": run.uri, "files": files}
+             "reduce_zero_label": False, "run": run.uri, "name_by": name_by, "files": files, "sources": sources}
     uris.write_bytes(join_under(root, PNG_INDEX), json.dumps(index, indent=1).encode())
     return {k: root + "/" + v for k, v in files.items()}
 

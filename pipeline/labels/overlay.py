@@ -157,3 +157,24 @@ def contact_sheet(items: Sequence[Tuple[np.ndarray, np.ndarray, str]], class_nam
         share = pixel_share([lab for _, lab, _ in items], len(class_names))
     return side_by_side(grid, legend(class_names, colors, share, title=legend_title))
 
+
+
+RANDOM_WEIGHTS_BANNER = "RANDOM WEIGHTS (smoke test): these labels are meaningless"
+BANNER_BG = (200, 0, 0)
+
+
+def is_random_weights(weights_digest: Optional[str]) -> bool:
+    """Whether rows/provenance name random CLIP weights (``--random-weights`` writes ``random:...``)."""
+    return bool(weights_digest) and str(weights_digest).startswith("random:")
+
+
+def banner(im: Image.Image, text: str = RANDOM_WEIGHTS_BANNER) -> Image.Image:
+    """``im`` under a red strip with white ``text`` (at least 28 px high, text ~2 % of the width, >= 14 px), so a
+    picture of a smoke-test run cannot be taken for real labels."""
+    size = max(14, im.width // 50)
+    strip = Image.new("RGB", (im.width, size + 14), BANNER_BG)
+    ImageDraw.Draw(strip).text((8, 7), text, fill=(255, 255, 255), font=font(size))
+    out = Image.new("RGB", (im.width, im.height + strip.height), BG)
+    out.paste(strip, (0, 0))
+    out.paste(im.convert("RGB"), (0, strip.height))
+    return out

@@ -138,7 +138,7 @@ class Run:
         cols = list(columns) if columns else None
         if cols and (categories is not None or min_score is not None) and "segments" not in cols:
             cols.append("segments")
-        wanted = _category_ids(categories, self.categories) if categories is not None else None
+        wanted = category_ids(categories, self.categories) if categories is not None else None
         scanner = self.dataset().scanner(columns=self._projection(cols), filter=_expr(status, image_ids),
                                          batch_size=batch_size)
         for batch in scanner.to_batches():
@@ -146,7 +146,7 @@ class Run:
                 if wanted is None and min_score is None:
                     yield row
                     continue
-                row["segments"] = [s for s in row["segments"] if _keep(s, wanted, min_score)]
+                row["segments"] = [s for s in row["segments"] if keep_segment(s, wanted, min_score)]
                 if row["segments"]:
                     yield row
 
@@ -263,7 +263,7 @@ def _expr(status: Union[str, Sequence[str], None] = None, image_ids: Optional[It
     return expr
 
 
-def _category_ids(categories: Iterable[Union[int, str]], names: List[str]) -> set:
+def category_ids(categories: Iterable[Union[int, str]], names: List[str]) -> set:
     ids = set()
     for c in categories:
         if isinstance(c, str):
@@ -275,7 +275,7 @@ def _category_ids(categories: Iterable[Union[int, str]], names: List[str]) -> se
     return ids
 
 
-def _keep(seg: Dict[str, Any], wanted: Optional[set], min_score: Optional[float]) -> bool:
+def keep_segment(seg: Dict[str, Any], wanted: Optional[set], min_score: Optional[float]) -> bool:
     return (wanted is None or seg["category_id"] in wanted) and (min_score is None or seg["score"] >= min_score)
 
 

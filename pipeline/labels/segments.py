@@ -120,3 +120,16 @@ def background_ids(vocabulary: str, class_names: Sequence[str], policy: str = "a
     if policy not in class_names:
         raise ValueError(f"background class {policy!r} is not in the vocabulary ({len(class_names)} classes)")
     return [list(class_names).index(policy)]
+
+
+def image_confidence(class_scores: np.ndarray, pixel_counts: np.ndarray) -> Optional[float]:
+    """An image's confidence (the row's ``confidence``, schema 2.2): the mean over all its pixels of the
+    probability of the class each pixel got, = sum_c score_c * pixels_c / sum_c pixels_c from the segmenter's
+    (C,) ``class_scores`` (mean probability over the pixels labelled c; NaN where absent) and (C,)
+    ``pixel_counts``. Defined for every image, an all-background one included; None for an empty image."""
+    counts = np.asarray(pixel_counts, dtype=np.float64)
+    total = counts.sum()
+    if total <= 0:
+        return None
+    scores = np.nan_to_num(np.asarray(class_scores, dtype=np.float64), nan=0.0)
+    return float(np.clip((scores * counts).sum() / total, 0.0, 1.0))
