@@ -3,6 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# tests/test_report_browser.py opens the QA report in Debian's Chromium through chromedriver; installed once,
+# skipped when present or when apt-get cannot run here (the test then skips, and fails under CI).
+if ! command -v chromedriver > /dev/null 2>&1 && command -v apt-get > /dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+    > /dev/null 2>&1 || echo "install.sh: could not install chromium chromium-driver (apt-get)" >&2
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

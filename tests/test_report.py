@@ -64,8 +64,8 @@ def test_report_of_a_real_run_matches_its_stats(ray_local, image_dir, model_args
     for src in page.sources:  # every picture the page references is beside it, and is a PNG
         assert (out / src).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", src
     assert {"img/pixel_share.png", "img/scores.png"} <= set(page.sources)
-    assert sum(s.startswith("img/lowest-") for s in page.sources) == 3
-    assert sum(s.startswith("img/random-") for s in page.sources) == 3
+    text = (out / "index.html").read_text(encoding="utf-8")
+    assert "Least confident (3)" in text and "Random sample (3, seed 1)" in text
 
     success = json.loads((run_dir / "_SUCCESS.json").read_text())
     status = {r[0]: int(r[1]) for r in page.tables["status"][1:]}
@@ -90,16 +90,17 @@ def test_report_of_a_real_run_matches_its_stats(ray_local, image_dir, model_args
             segments[s["category_id"]] += 1
     classes = {int(r[0]): r for r in page.tables["classes"][1:]}
     assert set(classes) == {i for i in range(len(names)) if pixels[i] or segments[i]}
-    for i, (_, name, px, share, n) in classes.items():
+    for i, (_, name, px, share, n, *_) in classes.items():
         assert (name, int(px), int(n)) == (names[i], pixels[i], segments[i])
         assert float(share) == pytest.approx(100 * pixels[i] / pixels.sum(), abs=0.005)
-    # the least confident images come first
+    table_shares = [float(r[3]) for r in page.tables["classes"][1:]]
+    assert table_shares == sorted(table_shares, reverse=True)  # the table follows the chart: largest first
+    # the least confident images come first, by the row's confidence (schema 2.2), which every ok row has
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert ok and all(r["confidence"] is not None and 0 <= r["confidence"] <= 1 for r in ok)
     numbers = report.build(open_run(str(run_dir)), str(tmp_path / "qa2"), n=len(rows), seed=1)
-    conf = {}
-    for r in rows:
-        area = sum(s["area"] for s in r["segments"])
-        conf[r["image_id"]] = sum(s["score"] * s["area"] for s in r["segments"]) / area if area else 0.0
-    assert [conf[i] for i in numbers["lowest"]] == sorted(conf[i] for i in conf if i in numbers["lowest"])
+    conf = {r["image_id"]: r["confidence"] for r in ok}
+    assert [conf[i] for i in numbers["lowest"]] == sorted(conf.values())
     assert "wrote" in capsys.readouterr().out
 
 
