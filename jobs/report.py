@@ -278,7 +278,8 @@ def _figure(src: str, row: Dict, problem: Optional[str], names: Sequence[str], c
 
 CSS = """body{font-family:sans-serif;margin:2em;max-width:1300px}table{border-collapse:collapse;margin:.5em 0}
 td,th{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:13px}.grid{display:flex;flex-wrap:wrap;gap:12px}
-figure{margin:0;width:400px}figure img{width:100%;height:auto;display:block;image-rendering:pixelated}figcaption{font-size:13px;margin:4px 0}
+figure{margin:0;width:400px}figure img{width:100%;height:auto;display:block;image-rendering:pixelated}
+figcaption{font-size:13px;margin:4px 0}
 figcaption b{word-break:break-all}.facts{color:#555}code.id{font-size:11px;color:#666;user-select:all}
 .missing{color:#a00}.legend{list-style:none;padding:0;margin:2px 0;font-size:12px;columns:2}
 .legend li{margin:1px 0}.sw{display:inline-block;width:12px;height:12px;border:1px solid #333;margin-right:4px;
