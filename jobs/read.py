@@ -79,9 +79,9 @@ class LabelCollate(NumpyBatchCollateFn):
 
         out: Dict[str, Any] = {}
         for name, column in batch.items():
-            if column.dtype.kind in "USO" and name not in ("label", "image"):
-                out[name] = [str(v) for v in column]
-                continue
+            if name not in ("label", "image") and (column.dtype.kind in "US" or column.dtype == object):
+                out[name] = [v if v is None else (str(v) if column.dtype.kind in "US" else v) for v in column]
+                continue  # strings (and, for failed rows, null sizes) stay Python values
             if column.dtype == object:  # ragged tensor column: rows of different (H, W)
                 shapes = sorted({tuple(np.shape(v)) for v in column})
                 raise ValueError(

@@ -64,6 +64,10 @@ def test_read_labels_trains_with_default_torch_batches(ray_local, tmp_path, capf
     assert sorted(seen) == sorted(list(labels) * 3)
     assert all(np.isfinite(losses)) and not np.array_equal(before, _params(model))
     assert 255 in torch.cat([b["label"].flatten() for b in ds.iter_torch_batches(batch_size=4)]).tolist()
+    # failed rows too (1x1 labels of 255 resized to SIZE; their null width/height arrive as NaN)
+    (mixed,) = read_labels(run_dir, status=("ok", "decode_error"), size=SIZE).iter_torch_batches(batch_size=8)
+    assert mixed["label"].shape == (5, *SIZE) and sorted(mixed["status"]) == ["decode_error"] + ["ok"] * 4
+    assert int(torch.isnan(mixed["width"].double()).sum()) == 1 and len(mixed["width"]) == 5
     time.sleep(1.0)  # worker output reaches the driver's stderr asynchronously
     out = capfd.readouterr()
     text = out.out + out.err
