@@ -125,3 +125,15 @@ def test_report_refuses_a_relative_out_under_ray_job_submit(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     assert report.main([run_dir, "--out", "qa"]) == 2
     assert "relative path" in capsys.readouterr().err and not (tmp_path / "qa").exists()
+
+
+def test_ignored_pixels_are_drawn_apart_from_unlabelled_ones():
+    """Hatching: grey stripes over a darkened image inside the ignore region; outside it nothing changes."""
+    picture = np.full((12, 12, 3), 200, np.uint8)
+    ignore = np.zeros((12, 12), bool)
+    ignore[:, 6:] = True
+    out = report.hatch_ignored(picture, ignore)
+    assert np.array_equal(out[:, :6], picture[:, :6])  # unlabelled / labelled pixels outside: as they were
+    inside = out[ignore].reshape(-1, 3)
+    grey = (inside == report.IGNORED_GREY).all(axis=1)
+    assert 0 < grey.sum() < len(inside) and (inside[~grey] < 200).all()  # stripes + darkened, never the original
