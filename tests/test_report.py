@@ -137,3 +137,17 @@ def test_ignored_pixels_are_drawn_apart_from_unlabelled_ones():
     inside = out[ignore].reshape(-1, 3)
     grey = (inside == report.IGNORED_GREY).all(axis=1)
     assert 0 < grey.sum() < len(inside) and (inside[~grey] < 200).all()  # stripes + darkened, never the original
+
+
+def test_empty_sections_are_left_out(tmp_path):
+    """A run without failures, timings or ignore regions: no Errors, Stage timings or ignored rows, no banner."""
+    run_dir = synthetic_run(tmp_path, n_ok=3, n_failed=0)[0]
+    numbers = report.build(open_run(run_dir), str(tmp_path / "qa"), n=2, per_class=1)
+    text = (tmp_path / "qa" / "index.html").read_text(encoding="utf-8")
+    assert numbers["errors"] == 0 and not numbers["random_weights"]
+    for absent in ("<h2>Errors", "<h2>Stage timings", "ignored pixels", 'id="random-weights"', "sw ign"):
+        assert absent not in text, absent
+    for present in ("<h2>Least confident (2)", "<h2>Least confident per class", "<h2>Random sample (2"):
+        assert present in text, present
+    page = _parse(tmp_path / "qa")
+    assert all((tmp_path / "qa" / src).is_file() for src in page.sources)
