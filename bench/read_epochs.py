@@ -27,8 +27,11 @@ def machine() -> dict:
     except (OSError, StopIteration):
         pass
     wanted = ("avx2", "avx512f", "avx512_bf16", "amx_tile")
+    import datetime
+
     return dict(platform=platform.platform(), cpus=os.cpu_count(), python=platform.python_version(),
-                load_average=os.getloadavg(), cpu_flags=[f for f in wanted if f in flags.split()])
+                load_average=os.getloadavg(), cpu_flags=[f for f in wanted if f in flags.split()],
+                measured_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
 
 
 def main() -> None:
