@@ -305,7 +305,8 @@ def run_job(cfg: LabelJobConfig, *, segment_stage: type = SegmentStage) -> Dict:
             held.update(run_id=run_id, state="labeling")
             t = time.perf_counter()
             try:
-                prep["text"], prep["text_uri"] = _run_prepare(cfg, output, seg_cfg, mc, vocab, prep["provenance"]["weights_digest"])
+                prep["text"], prep["text_uri"] = _run_prepare(cfg, output, seg_cfg, mc, vocab,
+                                                              prep["provenance"]["weights_digest"])
             except BaseException:
                 if created:  # nothing was labeled: leave no run behind for a config whose model cannot load
                     _withdraw(commit.run_uri(output, run_id))
