@@ -142,13 +142,15 @@ def test_labeled_image_dataset_filters_and_errors(tmp_path):
         only.row(1)
 
 
-def test_docs_torch_snippet_runs(tmp_path, capsys):
-    """The marked torch block of docs/consumers.md, as written, on a real run."""
+@pytest.mark.parametrize("doc", ["docs/consumers.md", "README.md"])
+def test_docs_torch_snippet_runs(doc, tmp_path, capsys):
+    """The marked torch block (the training loop of docs/consumers.md and of the README), as written, on a real
+    run."""
     import pathlib
     import re
 
     run_dir, labels, _ = synthetic_run(tmp_path, n_ok=5, n_failed=1, exclude=(0,))
-    text = (pathlib.Path(__file__).parent.parent / "docs" / "consumers.md").read_text()
+    text = (pathlib.Path(__file__).parent.parent / doc).read_text()
     (block,) = re.findall(r"<!-- train-snippet -->\n```python\n(.*?)```", text, flags=re.S)
-    exec(compile(block, "docs/consumers.md", "exec"), {"RUN": run_dir})
+    exec(compile(block, doc, "exec"), {"RUN": run_dir})
     assert f"trained on {len(labels)} images, last loss" in capsys.readouterr().out
