@@ -48,11 +48,11 @@ class StandInStage(SegmentStage):
     """Benchmark stand-in for the segment actor: same inputs and outputs, no model (every decoded image becomes
     an ``ok`` row with no segments; failures keep their status). Times the machinery around the model."""
 
-    def __init__(self, *, provenance, run_id, images_per_call, run, part_metadata, **_ignored):
+    def __init__(self, *, provenance, run_id, images_per_call, run=None, part_metadata=None, **_ignored):
         self.provenance = {k: provenance[k] for k in ("method", "base", "preset", "model", "weights_digest",
                                                        "vocabulary_hash", "segmenter_hash", "job_hash", "code_version")}
         self.run_id, self.images_per_call, self.exclude = run_id, int(images_per_call or 4), set()
-        self.run, self.part_metadata = run, dict(part_metadata)
+        self.run, self.part_metadata = run, dict(part_metadata or {})  # or each call's context
 
     def _segment(self, recs: List[Dict]) -> List:
         return [None] * len(recs)

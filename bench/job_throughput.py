@@ -8,7 +8,10 @@ For each dataset size N: the job runs as ``python -m jobs.label`` in a subproces
 Ray process it started, sampled from /proc every 0.2 s; shared object-store pages are counted once per
 process, so this over-estimates). The in-process baseline decodes and segments the same N images in
 this process with the same torch thread count as one actor. Weights are random (no download): speed
-and memory do not depend on the values. Prints one JSON object; ``--out FILE`` also writes it.
+and memory do not depend on the values. Two ratios per job: label-phase images/s over in-process images/s (the
+label phase starts when the driver first hands out shards) and in-process seconds over the job's whole wall time.
+With ``--checkout DIR`` the job of DIR's code runs too, on the same images right after (``job_before``), so a
+change is measured before and after in one run. Prints one JSON object; ``--out FILE`` also writes it.
 """
 from __future__ import annotations
 
@@ -85,11 +88,12 @@ def _tree_rss(root: int) -> int:
     return total
 
 
-def run_job(args: List[str]) -> Dict:
-    """Run the CLI in a subprocess; returns wall seconds and peak tree RSS."""
+def run_job(args: List[str], code: pathlib.Path = ROOT) -> Dict:
+    """Run the CLI of the checkout ``code`` in a subprocess; returns wall seconds and peak tree RSS."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(code)
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.label", *args], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.label", *args], cwd=code, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = [0]
 
@@ -138,6 +142,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="fp32")
     ap.add_argument("--cpus-per-actor", type=int, default=1)
     ap.add_argument("--images-per-call", type=int, default=4)
+    ap.add_argument("--checkout", help="another checkout of reslabel whose job runs the same way, on the same images "
+                                       "right after this one's (the 'before')")
     ap.add_argument("--out")
     a = ap.parse_args()
     work = pathlib.Path(tempfile.mkdtemp(prefix="reslabel-bench-"))
@@ -152,18 +158,24 @@ def main() -> None:
     for n in a.sizes:
         images = work / f"images-{n}"
         make_images(images, n)
-        job = run_job(["--input", str(images), "--output", str(work / f"out-{n}"), "--run-id", "bench", *common])
-        success = json.loads((work / f"out-{n}" / "runs" / "bench" / "_SUCCESS.json").read_text())
         ref = in_process(images, common, a.cpus_per_actor)
-        job_ips = success["attempt"]["images_per_second"]
-        att = success["attempt"]
-        breakdown = {k: att[k] for k in ("ray_start_seconds", "hash_seconds", "plan_seconds", "prepare_seconds",
-                                         "label_seconds") if k in att}
-        breakdown["outside_run_job_seconds"] = round(job["wall_seconds"] - att["wall_seconds"], 2)  # imports, exit
-        report["runs"].append(dict(images=n, job=dict(job, label_images_per_second=job_ips, breakdown=breakdown,
-                                                      stage_seconds_summed=success["stage_seconds_summed"]),
-                                   in_process=ref,
-                                   ratio_job_over_in_process=round(job_ips / ref["images_per_second"], 3)))
+        entry = dict(images=n, in_process=ref)
+        codes = [("job", ROOT)] + ([("job_before", pathlib.Path(a.checkout).resolve())] if a.checkout else [])
+        for name, code in codes:
+            out = work / f"out-{n}-{name}"
+            job = run_job(["--input", str(images), "--output", str(out), "--run-id", "bench", *common], code)
+            success = json.loads((out / "runs" / "bench" / "_SUCCESS.json").read_text())
+            att = success["attempt"]
+            breakdown = {k: att[k] for k in ("ray_start_seconds", "hash_seconds", "lease_seconds", "plan_seconds",
+                                             "prepare_seconds", "label_seconds") if k in att}
+            breakdown["outside_run_job_seconds"] = round(job["wall_seconds"] - att["wall_seconds"], 2)  # imports
+            entry[name] = dict(job, label_images_per_second=att["images_per_second"], breakdown=breakdown,
+                               text_embeddings=att.get("text_embeddings"),
+                               stage_seconds_summed=success["stage_seconds_summed"])
+            entry[f"ratio_{name}_over_in_process"] = round(att["images_per_second"] / ref["images_per_second"], 3)
+            entry[f"ratio_{name}_wall_over_in_process"] = round(ref["seconds"] / job["wall_seconds"], 3)
+        entry["ratio_job_over_in_process"] = entry.pop("ratio_job_over_in_process")
+        report["runs"].append(entry)
         print(json.dumps(report["runs"][-1]), file=sys.stderr)
     text = json.dumps(report, indent=2)
     print(text)

@@ -93,25 +93,54 @@ class _Slot:
     since: float = 0.0  # when the current probe was sent (how long the actor has been pending)
 
 
+class Actors:
+    """The pool's actors, created (and probed) when this is constructed: ``jobs.runner`` starts them while it
+    still plans and prepares the text, so that the models load meanwhile; ``label_shards`` takes them over (and
+    kills them when it ends). ``kill()`` ends actors that no shard will reach (a run that stopped before
+    labeling). An actor's constructor arguments are ``actor_kwargs``; what it needs to know of the run comes with
+    each call (``label_shards``'s ``context``)."""
+
+    def __init__(self, actor_cls: type, actor_kwargs: Dict[str, Any], dispatch: Dispatch):
+        import ray
+
+        self.actor_class = ray.remote(actor_cls).options(max_restarts=-1, max_task_retries=0,
+                                                         **dispatch.actor_options)
+        self.actor_kwargs, self.dispatch = actor_kwargs, dispatch
+        self.owner: Dict[Any, _Slot] = {}  # call or probe ref → its slot
+        self.slots: List[_Slot] = [self.new_slot() for _ in range(dispatch.num_actors)]
+
+    def new_slot(self) -> _Slot:
+        slot = _Slot(self.actor_class.remote(**self.actor_kwargs))
+        _probe(slot, self.owner)  # no work until it answers: a pending actor gets no shard
+        return slot
+
+    def new_actor(self):
+        return self.actor_class.remote(**self.actor_kwargs)
+
+    def kill(self) -> None:
+        import ray
+
+        for slot in self.slots:
+            ray.kill(slot.actor, no_restart=True)
+        self.slots = []
+
+
 def label_shards(todo: Sequence[int], *, read_fn: Callable, read_kwargs: Dict[str, Any], actor_cls: type,
-                 actor_kwargs: Dict[str, Any], dispatch: Dispatch) -> Iterator[Dict]:
+                 actor_kwargs: Dict[str, Any], dispatch: Dispatch, actors: Optional[Actors] = None,
+                 context: Any = None) -> Iterator[Dict]:
     """Label the shards ``todo``; yields each shard's write result (the dicts ``actor_cls.label_block`` returns)
     once, as they arrive, in completion order. Raises the first error a call raises (see the module docstring).
-    ``actor_cls`` has ``label_block(decoded) -> List[Dict]`` (one dict per shard, with ``shard`` and ``rows``)
-    and ``ready() -> bool``."""
+    ``actor_cls`` has ``label_block(decoded[, context]) -> List[Dict]`` (one dict per shard, with ``shard`` and
+    ``rows``) and ``ready() -> bool``. ``actors``: the pool started ahead (else it starts here); ``context``: a
+    value (or object ref) passed with every call after the decoded images (None: not passed)."""
     import ray
 
     reader = ray.remote(_read).options(max_retries=-1, **dispatch.read_options)
     read_args = ray.put((read_fn, read_kwargs))  # pickled once, not per task (it was ~3 ms of driver CPU each)
-    actor_class = ray.remote(actor_cls).options(max_restarts=-1, max_task_retries=0, **dispatch.actor_options)
-    owner: Dict[Any, _Slot] = {}  # call or probe ref → its slot
-
-    def new_slot() -> _Slot:
-        slot = _Slot(actor_class.remote(**actor_kwargs))
-        _probe(slot, owner)  # no work until it answers: a pending actor gets no shard
-        return slot
-
-    slots = [new_slot() for _ in range(dispatch.num_actors)]
+    if actors is None:
+        actors = Actors(actor_cls, actor_kwargs, dispatch)
+    call_args = () if context is None else (ray.put(context),)  # put once: each call passes the ref
+    owner, slots, new_slot = actors.owner, actors.slots, actors.new_slot
     pool = _Pool(dispatch)
     queue: Deque[int] = collections.deque(todo)
     waiting: Deque[Tuple[int, Any]] = collections.deque()  # (shard, read ref) not yet given to an actor
@@ -123,7 +152,7 @@ def label_shards(todo: Sequence[int], *, read_fn: Callable, read_kwargs: Dict[st
             while queue and len(waiting) < dispatch.read_ahead:
                 shard = queue.popleft()
                 waiting.append((shard, reader.remote(shard, read_args)))
-            _assign(slots, waiting, owner, dispatch.depth)
+            _assign(slots, waiting, owner, dispatch.depth, call_args)
             now = time.monotonic()
             for slot in [s for s in retry if retry[s] <= now]:  # probe again those whose last probe failed
                 del retry[slot]
@@ -150,7 +179,7 @@ def label_shards(todo: Sequence[int], *, read_fn: Callable, read_kwargs: Dict[st
                         log.warning("a segment actor failed to start (%d of %d allowed); starting another: %s",
                                     init_deaths, dispatch.init_deaths_allowed, _last_line(failed))
                         ray.kill(slot.actor, no_restart=True)
-                        slot.actor = actor_class.remote(**actor_kwargs)
+                        slot.actor = actors.new_actor()
                         _probe(slot, owner)
                     continue
                 if slot not in slots:  # let go of by the pool meanwhile: its shard went back to the queue
@@ -168,7 +197,7 @@ def label_shards(todo: Sequence[int], *, read_fn: Callable, read_kwargs: Dict[st
                         log.warning("a segment actor failed to start (%d of %d allowed); starting another: %s",
                                     init_deaths, dispatch.init_deaths_allowed, _last_line(e))
                         ray.kill(slot.actor, no_restart=True)
-                        slot.actor = actor_class.remote(**actor_kwargs)
+                        slot.actor = actors.new_actor()
                     else:
                         log.warning("a segment actor died (%s); its shards go to the others, Ray restarts it",
                                     _last_line(e))
@@ -191,8 +220,7 @@ def label_shards(todo: Sequence[int], *, read_fn: Callable, read_kwargs: Dict[st
                     log.warning(waiting_hint(states, dispatch.actor_options))
                 pool.warned = 0.0  # the pending warning, if due, comes again with every progress line
     finally:
-        for slot in slots:
-            ray.kill(slot.actor, no_restart=True)
+        actors.kill()
 
 
 class _Pool:
@@ -310,7 +338,8 @@ def _last_line(e: BaseException) -> str:
     return lines[-1][:300] if lines else type(e).__name__
 
 
-def _assign(slots: List[_Slot], waiting: Deque[Tuple[int, Any]], owner: Dict[Any, _Slot], depth: int) -> None:
+def _assign(slots: List[_Slot], waiting: Deque[Tuple[int, Any]], owner: Dict[Any, _Slot], depth: int,
+            call_args: Tuple = ()) -> None:
     """Give waiting read results to the least-loaded working actors, finished reads first (an unfinished one is
     handed out when nothing is finished: the actor call waits for it)."""
     import ray
@@ -325,7 +354,7 @@ def _assign(slots: List[_Slot], waiting: Deque[Tuple[int, Any]], owner: Dict[Any
         pick = next((i for i, r in enumerate(refs) if r in ready), 0)
         shard, read_ref = waiting[pick]
         del waiting[pick]
-        call = slot.actor.label_block.remote(read_ref)
+        call = slot.actor.label_block.remote(read_ref, *call_args)
         slot.calls[call] = (shard, read_ref)
         owner[call] = slot
 

@@ -22,7 +22,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 from jobs import cluster, commit, lease, resources, storage
 from jobs.config import RETRY_POLICIES, LabelJobConfig
 from jobs.devices import ray_worker_device, summarize_devices
-from jobs.dispatch import Dispatch, label_shards
+from jobs.dispatch import Actors, Dispatch, label_shards
 from jobs.inputs import InputError, InputOptions
 from jobs.planner import Indexed, PlanLocator, Planner
 from jobs.stages import SegmentStage, read_shard
@@ -211,28 +211,40 @@ def _check_pool(cfg: LabelJobConfig, seg_cfg) -> resources.PoolPlan:
     return plan
 
 
-def _label(cfg, run: str, plan: PlanLocator, todo: List[int], prep: Dict, text_uri: str, seg_cfg, mc, vocab,
-           metadata: Dict[str, str], segment_stage: type) -> Iterator[Dict]:
-    """Label the shards ``todo`` (``jobs.dispatch``: a read task and an actor call per shard); yields one write
-    result per committed part."""
-    pool = _check_pool(cfg, seg_cfg)  # again: the cluster may have changed since the check before planning
+def _dispatch(cfg: LabelJobConfig, seg_cfg) -> Dispatch:
+    """The pool's shape from the resource budget (checked again here: the cluster may have changed since the
+    check before planning)."""
+    pool = _check_pool(cfg, seg_cfg)
     read_options, actor_options = _pool_options(cfg, seg_cfg)
     every = float(os.environ.get("RESLABEL_PROGRESS_S", "30"))  # progress lines; pending-actor warnings after it
-    dispatch = Dispatch(num_actors=pool.start, min_actors=pool.min_actors, max_actors=pool.max_actors,
-                        read_options=read_options, actor_options=actor_options,
-                        read_ahead=max(2 * pool.start, int(pool.read_cpus_left)), progress_every_s=every,
-                        pending_warn_s=every, shrink_after_s=4 * every)
+    return Dispatch(num_actors=pool.start, min_actors=pool.min_actors, max_actors=pool.max_actors,
+                    read_options=read_options, actor_options=actor_options,
+                    read_ahead=max(2 * pool.start, int(pool.read_cpus_left)), progress_every_s=every,
+                    pending_warn_s=every, shrink_after_s=4 * every)
+
+
+def _actor_kwargs(cfg: LabelJobConfig, prep: Dict, text_uri: str, seg_cfg, mc, vocab) -> Dict:
+    """The segment actors' constructor arguments: small values only (no object-store argument, so that Ray can
+    restart them); the run they write to comes with each call (``_call_context``)."""
+    return dict(seg_config=seg_cfg, model_config=mc, vocabulary=vocab, text_embeddings=text_uri,
+                provenance=prep["provenance"], run_id=None, exclude_ids=prep["exclude"],
+                torch_threads=int(cfg.cpus_per_actor),
+                row_spec=dict(instances=cfg.instances, min_instance_area=cfg.min_instance_area,
+                              ignore_below=cfg.ignore_below),
+                images_per_call=cfg.images_per_call, s3_endpoint=cfg.s3_endpoint)
+
+
+def _label(cfg, run: str, plan: PlanLocator, todo: List[int], prep: Dict, seg_cfg, mc, vocab,
+           metadata: Dict[str, str], segment_stage: type, actors: Optional[Actors]) -> Iterator[Dict]:
+    """Label the shards ``todo`` (``jobs.dispatch``: a read task and an actor call per shard, on ``actors`` when
+    they were started ahead); yields one write result per committed part."""
+    dispatch = actors.dispatch if actors is not None else _dispatch(cfg, seg_cfg)
     read_kwargs = dict(plan=plan, seg_config=seg_cfg, bytes_column=cfg.bytes_column, max_pixels=cfg.max_pixels,
                        threads=cfg.read_threads, s3_endpoint=cfg.s3_endpoint)
-    actor_kwargs = dict(seg_config=seg_cfg, model_config=mc, vocabulary=vocab, text_embeddings=text_uri,
-                        provenance=prep["provenance"], run_id=metadata[layout.META_RUN_ID],
-                        exclude_ids=prep["exclude"], torch_threads=int(cfg.cpus_per_actor),
-                        row_spec=dict(instances=cfg.instances, min_instance_area=cfg.min_instance_area,
-                                      ignore_below=cfg.ignore_below),
-                        images_per_call=cfg.images_per_call, run=run, part_metadata=metadata,
-                        s3_endpoint=cfg.s3_endpoint)
+    context = dict(run=run, run_id=metadata[layout.META_RUN_ID], part_metadata=metadata)
     return label_shards(todo, read_fn=read_shard, read_kwargs=read_kwargs, actor_cls=segment_stage,
-                        actor_kwargs=actor_kwargs, dispatch=dispatch)
+                        actor_kwargs=_actor_kwargs(cfg, prep, prep["text_uri"], seg_cfg, mc, vocab),
+                        dispatch=dispatch, actors=actors, context=context)
 
 
 def run_job(cfg: LabelJobConfig, *, segment_stage: type = SegmentStage) -> Dict:
@@ -283,6 +295,17 @@ def run_job(cfg: LabelJobConfig, *, segment_stage: type = SegmentStage) -> Dict:
             timings["lease_seconds"] = round(time.perf_counter() - t, 3)
             started = _init_ray(cfg, timings) or started
             _check_pool(cfg, seg_cfg)  # the resource budget, before any work (refused: one `error:` line)
+            # the text embeddings: from the cache when it holds them (no model), else the prepare task — started
+            # now, beside planning, when this run will surely have work (a resume, or the config's first run)
+            preparing = _Preparing(cfg, output, seg_cfg, mc, vocab, prep["provenance"]["weights_digest"])
+            leases.callback(preparing.cancel)  # a run that ends before it needs the task does not wait for it
+            early = registered or not _config_has_committed_run(output, prep["provenance"]["job_hash"])
+            actors = None
+            if early:
+                preparing.start()
+                if preparing.target is not None:  # the actors load their models meanwhile (text: at first call)
+                    actors = _start_actors(cfg, prep, preparing.target, seg_cfg, mc, vocab, segment_stage)
+                    leases.callback(actors.kill)  # no-op once label_shards has taken them over and ended
             t = time.perf_counter()
             planner = Planner(InputOptions(cfg.bytes_column, cfg.id_column, cfg.uri_column),
                               RETRY_POLICIES[cfg.retry], cfg.s3_endpoint)
@@ -298,25 +321,39 @@ def run_job(cfg: LabelJobConfig, *, segment_stage: type = SegmentStage) -> Dict:
                 job_hash = prep["provenance"]["job_hash"]
                 wall = time.perf_counter() - t0
                 log.warning("nothing to label: every input is committed for config %s (%.1f s, of which Ray "
-                            "start-up %.1f s; no model loaded)", job_hash, wall, timings.get("ray_start_seconds", 0.0))
+                            "start-up %.1f s; %s)", job_hash, wall, timings.get("ray_start_seconds", 0.0),
+                            "no model loaded" if preparing.ref is None else "the prepare task is cancelled")
                 return dict(run_id=None, rows=0, new_images=0, job_hash=job_hash,
                             segmenter_hash=prep["provenance"]["segmenter_hash"],
                             attempt=dict(wall_seconds=round(wall, 3), **timings))
             held.update(run_id=run_id, state="labeling")
             t = time.perf_counter()
             try:
-                prep["text"], prep["text_uri"] = _run_prepare(cfg, output, seg_cfg, mc, vocab,
-                                                              prep["provenance"]["weights_digest"])
+                prep["text"], prep["text_uri"] = preparing.result()
             except BaseException:
                 if created:  # nothing was labeled: leave no run behind for a config whose model cannot load
                     _withdraw(commit.run_uri(output, run_id))
                 raise
-            timings["prepare_seconds"] = round(time.perf_counter() - t, 3)
+            timings["prepare_seconds"] = round(time.perf_counter() - t, 3)  # the wait after planning
+            prep["text_source"] = ("cache" if preparing.cached is not None else
+                                   "prepare task, started with planning" if early else
+                                   "prepare task, started after planning")
             return _label_and_commit(cfg, output, run_id, manifest, prep, seg_cfg, mc, vocab, t0, timings,
-                                     segment_stage, held)
+                                     segment_stage, held, actors)
     finally:
         if started:
             ray.shutdown()
+
+
+def _start_actors(cfg: LabelJobConfig, prep: Dict, text_uri: str, seg_cfg, mc, vocab,
+                  segment_stage: type) -> Actors:
+    """The segment actors, started before planning when the run will surely have work: each loads its model
+    while the driver plans and the prepare task encodes the text, and reads the text embeddings from
+    ``text_uri`` at its first call (the driver writes them there before any call)."""
+    dispatch = _dispatch(cfg, seg_cfg)
+    actors = Actors(segment_stage, _actor_kwargs(cfg, prep, text_uri, seg_cfg, mc, vocab), dispatch)
+    log.info("started %d segment actor(s) while planning (models load meanwhile)", len(actors.slots))
+    return actors
 
 
 def _acquire_lease(cfg: LabelJobConfig, output: str, job_hash: str) -> lease.Lease:
@@ -325,22 +362,84 @@ def _acquire_lease(cfg: LabelJobConfig, output: str, job_hash: str) -> lease.Lea
     return lease.Lease(output, job_hash, cfg.lease_ttl).acquire(cfg.if_running)
 
 
-def _run_prepare(cfg: LabelJobConfig, output: Optional[str], seg_cfg, mc, vocab, weights_digest: str):
-    """The prepare task (model + text embeddings, once per job), then the text cache written from here; returns
-    ``(text embeddings, the cache file's URI)``. The model it built must have the weights the driver hashed the
-    run with. Without ``--text-cache`` and ``output`` (``jobs.labeler``), no cache is read or written (URI None)."""
-    import ray
+def _text_cache_uri(cfg: LabelJobConfig, output: Optional[str]) -> Optional[str]:
+    return cfg.text_cache or (storage.join(output, layout.TEXT_CACHE) if output else None)
 
-    cache_uri = cfg.text_cache or (storage.join(output, layout.TEXT_CACHE) if output else None)
-    log.info("preparing: model %s and the text embeddings of %d queries x %d templates (cache %s)", mc.arch,
-             vocab.num_queries, len(vocab.templates), cache_uri)
-    task = ray.remote(max_calls=1)(_prepare).options(  # its worker exits after: the model's memory is freed
-        num_cpus=cfg.cpus_per_actor, num_gpus=min(cfg.gpus_per_actor, 1.0) or None)
-    out = ray.get(task.remote(seg_cfg, mc, vocab, cache_uri, int(cfg.cpus_per_actor), cfg.s3_endpoint))
-    if out["weights_digest"] != weights_digest:
-        raise JobError(f"weights {mc.weights or mc.pretrained}: the model was built from {out['weights_digest']}, "
-                       f"the run was planned with {weights_digest} (the file changed during the job?)")
-    return out["text"], (_write_text_cache(cache_uri, out["text"]) if cache_uri else None)
+
+def _config_has_committed_run(output: str, job_hash: str) -> bool:
+    """Whether a committed run of this config exists under ``output`` (then a new run may have nothing to do)."""
+    return any(r["committed"] and r["job_hash"] == job_hash for r in commit.list_runs(output))
+
+
+class _Preparing:
+    """The run's text embeddings: read from the text cache on the driver when it already holds them for this
+    model and vocabulary (no model is built at all), else computed by the prepare task (model + text, once per
+    job). ``start()`` launches the task without waiting (so it overlaps planning), ``result()`` returns
+    ``(text embeddings, the cache file's URI)``, starting the task first if needed; ``cancel()`` stops a task
+    whose result nobody will read. The model the task built must have the weights the driver hashed the run
+    with. Without ``--text-cache`` and ``output`` (``jobs.labeler``), no cache is read or written (URI None)."""
+
+    def __init__(self, cfg: LabelJobConfig, output: Optional[str], seg_cfg, mc, vocab, weights_digest: str):
+        from pipeline.model.text import cache_target, text_key
+
+        self.cfg, self.seg_cfg, self.mc, self.vocab, self.weights_digest = cfg, seg_cfg, mc, vocab, weights_digest
+        self.cache_uri = _text_cache_uri(cfg, output)
+        self.key = text_key(mc.arch, weights_digest, mc.dtype, vocab)
+        self.target = cache_target(self.cache_uri, self.key) if self.cache_uri else None
+        self.cached = self._read_cache()
+        self.ref = None
+
+    def _read_cache(self):
+        from pipeline.model.text import TextEmbeddings
+
+        if self.target is None:
+            return None
+        try:
+            te = TextEmbeddings.load(self.target)
+        except FileNotFoundError:
+            return None
+        except Exception as e:  # noqa: BLE001 - a damaged cache file is computed again, not fatal
+            log.warning("text cache %s could not be read (%s: %s); computing the embeddings again", self.target,
+                        type(e).__name__, e)
+            return None
+        if te.key != self.key or not te.matches(self.vocab):
+            log.warning("text cache %s does not hold this vocabulary's embeddings; computing them again", self.target)
+            return None
+        log.info("text embeddings read from the cache %s: no prepare task", self.target)
+        return te
+
+    def start(self) -> None:
+        import ray
+
+        if self.cached is not None or self.ref is not None:
+            return
+        log.info("preparing: model %s and the text embeddings of %d queries x %d templates (cache %s)",
+                 self.mc.arch, self.vocab.num_queries, len(self.vocab.templates), self.cache_uri)
+        cfg = self.cfg
+        task = ray.remote(max_calls=1)(_prepare).options(  # its worker exits after: the model's memory is freed
+            num_cpus=cfg.cpus_per_actor, num_gpus=min(cfg.gpus_per_actor, 1.0) or None)
+        self.ref = task.remote(self.seg_cfg, self.mc, self.vocab, self.cache_uri, int(cfg.cpus_per_actor),
+                               cfg.s3_endpoint)
+
+    def result(self):
+        import ray
+
+        if self.cached is not None:
+            return self.cached, self.target
+        self.start()
+        out, self.ref = ray.get(self.ref), None
+        if out["weights_digest"] != self.weights_digest:
+            raise JobError(f"weights {self.mc.weights or self.mc.pretrained}: the model was built from "
+                           f"{out['weights_digest']}, the run was planned with {self.weights_digest} (the file "
+                           "changed during the job?)")
+        return out["text"], (_write_text_cache(self.cache_uri, out["text"]) if self.cache_uri else None)
+
+    def cancel(self) -> None:
+        import ray
+
+        if self.ref is not None:
+            ray.cancel(self.ref, force=True)
+            self.ref = None
 
 
 def prepare_rows(cfg: LabelJobConfig, seg_cfg, mc, vocab, output: Optional[str] = None) -> Dict:
@@ -348,8 +447,8 @@ def prepare_rows(cfg: LabelJobConfig, seg_cfg, mc, vocab, output: Optional[str] 
     ``segmenter_hash``, ``code_version``), ``class_names``, ``exclude`` (the driver, no model) and ``text`` (the
     prepare task). For ``jobs.labeler`` (the job itself calls the two steps apart: no model without work)."""
     prep = _identity(cfg, seg_cfg, mc, vocab)
-    prep["text"], prep["text_uri"] = _run_prepare(cfg, output, seg_cfg, mc, vocab,
-                                                  prep["provenance"]["weights_digest"])
+    prep["text"], prep["text_uri"] = _Preparing(cfg, output, seg_cfg, mc, vocab,
+                                                prep["provenance"]["weights_digest"]).result()
     return prep
 
 
@@ -368,7 +467,8 @@ def policy_failure(summary: Dict, max_error_rate: float) -> Optional[str]:
 
 
 def _label_and_commit(cfg, output: str, run_id: str, manifest: Dict, prep: Dict, seg_cfg, mc, vocab, t0: float,
-                      timings: Dict[str, float], segment_stage: type, held: lease.Lease) -> Dict:
+                      timings: Dict[str, float], segment_stage: type, held: lease.Lease,
+                      actors: Optional[Actors] = None) -> Dict:
     run = commit.run_uri(output, run_id)
     plan = PlanLocator.of(run, manifest["plan_files"], int(manifest["shard_size"]))
     done = commit.committed_shards(run) & set(range(plan.shards))
@@ -381,8 +481,7 @@ def _label_and_commit(cfg, output: str, run_id: str, manifest: Dict, prep: Dict,
     parts: List[Dict] = []
     devices_used: List[Optional[Dict]] = []
     if todo:
-        for result in _label(cfg, run, plan, todo, prep, prep["text_uri"], seg_cfg, mc, vocab, metadata,
-                             segment_stage):
+        for result in _label(cfg, run, plan, todo, prep, seg_cfg, mc, vocab, metadata, segment_stage, actors):
             held.check()  # a driver that lost its lease stops; its parts are complete, the next run resumes
             if not result["written"]:
                 log.warning("shard %d of %s was already committed; kept the existing part", result["shard"], run)
@@ -396,7 +495,7 @@ def _label_and_commit(cfg, output: str, run_id: str, manifest: Dict, prep: Dict,
     t_label, cpu_label = time.perf_counter() - t1, time.process_time() - cpu1
     parts += commit.read_part_stats(run, done)  # parts an earlier attempt committed: their footers only
     attempt = dict(images_labeled=labeled, shards_resumed=len(done), wall_seconds=round(time.perf_counter() - t0, 3),
-                   **timings, label_seconds=round(t_label, 3),
+                   **timings, text_embeddings=prep.get("text_source"), label_seconds=round(t_label, 3),
                    images_per_second=round(labeled / t_label, 3) if t_label > 0 and labeled else 0.0,
                    driver_cpu_label_seconds=round(cpu_label, 3), driver_peak_rss_mib=round(_peak_rss_mib(), 1),
                    devices=summarize_devices(devices_used))

@@ -153,6 +153,16 @@ def _decode_one(r: Dict, fetched, seg_config, max_pixels: int) -> Dict:
     return dict(base, image=img, ph=img.shape[0], pw=img.shape[1], rh=img.shape[0], rw=img.shape[1])
 
 
+def _read_text(uri: str):
+    """The ``TextEmbeddings`` cached at ``uri``, or None when the file is not there (yet)."""
+    from pipeline.model.text import TextEmbeddings
+
+    try:
+        return TextEmbeddings.load(uri)
+    except FileNotFoundError:
+        return None
+
+
 class SegmentStage:
     """Segment actor: builds the ``Segmenter`` once (the vocabulary read by the driver, the text embeddings loaded
     from the text cache the driver wrote), then turns decoded batches into label rows (``schemas.LABEL_SCHEMA`` +
@@ -165,32 +175,38 @@ class SegmentStage:
     """
 
     def __init__(self, seg_config, model_config, vocabulary, text_embeddings: Any, provenance: Dict[str, str],
-                 run_id: str, exclude_ids: Sequence[int], torch_threads: int, images_per_call: int, run: str,
-                 part_metadata: Dict[str, str], s3_endpoint: Optional[str] = None,
-                 row_spec: Optional[Dict[str, Any]] = None):
+                 run_id: Optional[str], exclude_ids: Sequence[int], torch_threads: int, images_per_call: int,
+                 run: Optional[str] = None, part_metadata: Optional[Dict[str, str]] = None,
+                 s3_endpoint: Optional[str] = None, row_spec: Optional[Dict[str, Any]] = None):
         import ray
         import torch
 
-        from pipeline.segmenter import Segmenter
+        from jobs import devices  # the device rule: auto = the GPUs Ray assigned, else the CPU
+        from pipeline.model.clip import build_model, vision_parts
+        from pipeline.prepare import provenance as provenance_of
 
         storage.apply_endpoint(s3_endpoint)
-        from jobs import devices  # the device rule: auto = the GPUs Ray assigned, else the CPU
-
         gpu_ids = ray.get_gpu_ids()
         model_config = dataclasses.replace(model_config, device=devices.worker_device(model_config.device, gpu_ids))
         if model_config.device == "cpu":
             torch.set_num_threads(max(1, int(torch_threads)))  # Ray sets OMP_NUM_THREADS=1 in workers
+        self.text_uri: Optional[str] = None
         te = text_embeddings
         if isinstance(te, str):  # the text cache's file (the job's way: survives restarts, no object store)
-            from pipeline.model.text import TextEmbeddings
-
-            te = TextEmbeddings.load(te)
+            self.text_uri, te = te, _read_text(te)  # None while the prepare task computes it (see _segmenter)
         elif isinstance(te, ray.ObjectRef):
             te = ray.get(te)
-        self.seg = Segmenter.build(seg_config, model_config, vocabulary=vocabulary, text_embeddings=te)
-        self.device = devices.describe(self.seg.device, gpu_ids).to_dict()
+        seg_config.validate()
+        model_config.validate()
+        net, digest = build_model(model_config)
+        self._parts = (seg_config, model_config, net, digest, vocabulary)
+        self._seg = None
+        if te is not None:
+            self._attach(te)
+        device = next(net.parameters()).device
+        self.device = devices.describe(device, gpu_ids).to_dict()
         self.device["actor"] = ray.get_runtime_context().get_actor_id()
-        own = self.seg.provenance()
+        own = provenance_of(seg_config, model_config, digest, vocabulary)
         for k in ("weights_digest", "vocabulary_hash", "method", "base", "preset"):
             if own[k] != provenance[k]:
                 raise RuntimeError(f"actor built a different segmenter than planned: "
@@ -199,19 +215,44 @@ class SegmentStage:
                                                        "vocabulary_hash", "segmenter_hash", "job_hash", "code_version")}
         self.run_id = run_id
         self.exclude = set(exclude_ids)
-        self.patch = tuple(self.seg.vision.patch_size)
-        # gpu: None = the device's default
-        self.images_per_call = int(images_per_call or IMAGES_PER_CALL.get(self.seg.device.type, 4))
-        self.run, self.part_metadata = run, dict(part_metadata)
+        self.patch = tuple(vision_parts(net).patch_size)
+        # None = the device's default
+        self.images_per_call = int(images_per_call or IMAGES_PER_CALL.get(device.type, 4))
+        self.run, self.part_metadata = run, dict(part_metadata or {})
         self.row_spec = dict(row_spec or {})  # instances, min_instance_area, ignore_below (LabelJobConfig)
         self.confidence = bool(self.row_spec.get("instances")) or self.row_spec.get("ignore_below") is not None
+
+    def _attach(self, te) -> None:
+        from pipeline.segmenter import Segmenter
+
+        seg_config, model_config, net, digest, vocabulary = self._parts
+        if not te.matches(vocabulary):
+            raise RuntimeError(f"text embeddings {self.text_uri or ''} were computed for another vocabulary")
+        self._seg = Segmenter(seg_config, model_config, net, digest, vocabulary, te)
+
+    @property
+    def seg(self):
+        """The ``Segmenter``. An actor started beside the prepare task (while the driver plans) has built its
+        model but not read the text embeddings yet: it reads them from the text cache at its first call, which
+        the driver makes only after writing them."""
+        if self._seg is None:
+            te = _read_text(self.text_uri) if self.text_uri else None
+            if te is None:
+                raise RuntimeError(f"text embeddings {self.text_uri} are not in the text cache")
+            self._attach(te)
+        return self._seg
 
     def ready(self) -> bool:
         """Answers once the actor is up (the driver's probe after a restart)."""
         return True
 
-    def label_block(self, block: pa.Table) -> List[Dict]:
-        """Decoded images of whole shards (``read_shard``) → their parts, written here → ``write_parts`` results."""
+    def label_block(self, block: pa.Table, context: Optional[Dict[str, Any]] = None) -> List[Dict]:
+        """Decoded images of whole shards (``read_shard``) → their parts, written here → ``write_parts`` results.
+        ``context`` (``run``, ``run_id``, ``part_metadata``) names the run when the actor was started before the
+        run was registered (``jobs.runner``: actors start while the driver plans)."""
+        if context:
+            self.run, self.run_id = context["run"], context["run_id"]
+            self.part_metadata = dict(context["part_metadata"])
         written = write_parts(self.label_rows(block), run=self.run, metadata=self.part_metadata)
         return [dict(r, device=getattr(self, "device", None)) for r in written]  # the summary's actor devices
 

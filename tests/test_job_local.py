@@ -70,4 +70,7 @@ def test_images_end_to_end_then_incremental(ray_local, image_dir, model_args, tm
     assert s3["run_id"] is None and len(list((out / "runs").iterdir())) == 2
     assert s3["job_hash"] == s1["job_hash"] == s2["job_hash"]
     assert "prepare_seconds" not in s3["attempt"]  # decided from the hashes: no model loaded, no text encoded
-    assert s2["attempt"]["prepare_seconds"] > 0
+    # the first run is the config's first: its prepare task ran beside planning; the second found the text
+    # embeddings in the output's cache and built no model on the driver's side
+    assert s1["attempt"]["text_embeddings"] == "prepare task, started with planning"
+    assert s2["attempt"]["text_embeddings"] == "cache"
