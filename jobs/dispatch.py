@@ -141,6 +141,9 @@ def label_shards(todo: Sequence[int], *, read_fn: Callable, read_kwargs: Dict[st
         actors = Actors(actor_cls, actor_kwargs, dispatch)
     call_args = () if context is None else (ray.put(context),)  # put once: each call passes the ref
     owner, slots, new_slot = actors.owner, actors.slots, actors.new_slot
+    for slot in slots:  # actors started ahead wait from now on: before, no actor had work to do
+        if slot.probe is not None:
+            slot.since = time.monotonic()
     pool = _Pool(dispatch)
     queue: Deque[int] = collections.deque(todo)
     waiting: Deque[Tuple[int, Any]] = collections.deque()  # (shard, read ref) not yet given to an actor

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import time
 from typing import Dict, List
 
 import pytest
@@ -23,8 +24,9 @@ class ToyActor:
     under ``marks`` remembers it), after writing a "part" marker when ``die_after_write``."""
 
     def __init__(self, marks: str, die_on=(), die_after_write: bool = False, fail_init_times: int = 0,
-                 raise_on=()):
+                 raise_on=(), delay_s: float = 0.0):
         self.marks, self.die_on, self.after = pathlib.Path(marks), set(die_on), die_after_write
+        self.delay_s = delay_s
         self.raise_on = set(raise_on)
         tries = self.marks / "init-tries"
         n = int(tries.read_text()) if tries.exists() else 0
@@ -46,6 +48,7 @@ class ToyActor:
             if self.after:
                 (self.marks / f"part-{shard}").touch()
             os._exit(1)
+        time.sleep(self.delay_s)
         (self.marks / f"part-{shard}").touch()
         return [dict(shard=shard, rows=decoded["rows"], pid=self.pid)]
 
@@ -58,7 +61,9 @@ def _run(tmp_path, todo, num_actors=2, **actor_kwargs) -> List[Dict]:
 
 
 def test_every_shard_once_over_the_pool(ray_local, tmp_path):
-    results = _run(tmp_path, list(range(20)))
+    # 0.2 s a shard: the first actor up cannot finish all 20 before the second is up (a loaded machine starts
+    # actors seconds apart, and a shard goes only to an actor that answered its probe)
+    results = _run(tmp_path, list(range(20)), delay_s=0.2)
     assert sorted(r["shard"] for r in results) == list(range(20))
     assert sum(r["rows"] for r in results) == 60
     assert len({r["pid"] for r in results}) == 2  # both actors worked

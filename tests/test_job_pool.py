@@ -66,7 +66,7 @@ sys.exit(main(sys.argv[1:]))
 def test_more_actors_than_the_cluster_places_finish_with_those_placed_and_warn(model_args, tmp_path):
     """4 actors asking {"slot": 1} on a Ray with 2 slots: 2 start, 2 stay pending and get no shard; the driver
     warns (what they ask, what ``ray status`` says is missing) and the run finishes with the 2."""
-    names = write_images(tmp_path / "in", 16)
+    names = write_images(tmp_path / "in", 64)  # labeling must outlast the 2 s warning interval (actors start early)
     env = {**os.environ, "PYTHONPATH": str(REPO), "RESLABEL_PROGRESS_S": "2"}
     env.pop("RAY_ADDRESS", None)
     done = subprocess.run([sys.executable, "-c", _DRIVER, "--input", str(tmp_path / "in"), "--output",
