@@ -83,6 +83,41 @@ def job() -> str:
     return _table(["images", "job wall s", "in-process s", "job / in-process speed", "job peak RSS", "file"], rows)
 
 
+def startup() -> str:
+    """``bench/job_throughput.py --checkout``: this code's job and the checkout's on the same images."""
+    d = _load("job_startup.json")
+    rows = []
+    for r in d["runs"]:
+        for name, label in (("job_before", "before"), ("job", "after")):
+            if name not in r:
+                continue
+            j, b = r[name], r[name]["breakdown"]
+            label_ratio, wall_ratio = r[f"ratio_{name}_over_in_process"], r[f"ratio_{name}_wall_over_in_process"]
+            rows.append([r["images"], label, f"{j['wall_seconds']:.1f}", f"{r['in_process']['seconds']:.1f}",
+                         f"{label_ratio:.2f}×", f"{wall_ratio:.2f}×",
+                         b.get("ray_start_seconds", "–"), b.get("plan_seconds", "–"), b.get("prepare_seconds", "–"),
+                         b.get("label_seconds", "–")])
+    return _table(["images", "code", "job wall s", "in-process s", "label-phase speed / in-process",
+                   "in-process s / job wall s", "Ray start s", "plan s", "prepare wait s", "label s"], rows)
+
+
+def noop() -> str:
+    """``bench/job_noop.py --checkout``: a scheduled run with nothing new, this code vs the checkout's."""
+    d = _load("job_noop.json")
+    rows = []
+    for name, label in (("checkout", "before"), ("this", "after")):
+        if name not in d["noop"]:
+            continue
+        runs = d["noop"][name]["runs"]
+        job = [r["job_seconds"] for r in runs if "job_seconds" in r]
+        ray_s = [r["ray_start_seconds"] for r in runs if "ray_start_seconds" in r]
+        rows.append([label, d["arch"], len(runs), f"{d['noop'][name]['median_wall_seconds']:.1f}",
+                     f"{sorted(job)[len(job) // 2]:.1f}" if job else "not printed",
+                     f"{sorted(ray_s)[len(ray_s) // 2]:.1f}" if ray_s else "not printed"])
+    return _table(["code", "model", "runs", "median wall s (process)", "median job s (its summary)",
+                   "of which Ray start-up s"], rows)
+
+
 def decode() -> str:
     d = _load("decode_memory.json")
     rows = [[c["case"], f"{c['peak_uss_mib']:.0f}", f"{c['reserved_mib']:.0f}", "yes" if c["covered"] else "NO"]
@@ -125,7 +160,7 @@ def label_options() -> str:
 
 RENDERERS: Dict[str, Callable[[], str]] = {
     "index": index, "core": core, "bf16": bf16, "job": job, "decode": decode, "plan": plan,
-    "label-scale": label_scale, "label-options": label_options,
+    "label-scale": label_scale, "label-options": label_options, "startup": startup, "noop": noop,
 }
 
 
