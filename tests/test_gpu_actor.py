@@ -87,6 +87,7 @@ RAY_RULE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.job  # starts Ray (a job or a driver) in a subprocess
 def test_ray_assigned_gpus_decide_auto():
     """A real local Ray that believes it has one GPU: tasks/actors asking for none get the CPU, those asking for
     0.5 get GPU 0 (two actors share it)."""
@@ -114,6 +115,7 @@ def _job(tmp_path: pathlib.Path, model_args, fault: str, monkeypatch, n: int = 8
     return success, text
 
 
+@pytest.mark.job  # starts Ray (a job or a driver) in a subprocess
 def test_oom_halves_the_batch_down_to_one_image(tmp_path, model_args, monkeypatch):
     success, log = _job(tmp_path, model_args, "oom:1", monkeypatch)  # calls of 4 images OOM, of 1 image do not
     assert success["by_status"] == {"ok": 8}
@@ -122,6 +124,7 @@ def test_oom_halves_the_batch_down_to_one_image(tmp_path, model_args, monkeypatc
     assert success["attempt"]["devices"]["kinds"] == {"cpu": 2}  # two shards of 4, both on a CPU actor
 
 
+@pytest.mark.job  # starts Ray (a job or a driver) in a subprocess
 def test_oom_alone_is_an_inference_error(tmp_path, model_args, monkeypatch):
     # every image fails: committed as rows, and the job ends failed (exit 3, "no image was labeled")
     success, _ = _job(tmp_path, model_args, "oom:0", monkeypatch, n=4, rc_expected=3)
@@ -129,6 +132,7 @@ def test_oom_alone_is_an_inference_error(tmp_path, model_args, monkeypatch):
     assert "OutOfMemoryError" in success["top_errors"][0]["message"]
 
 
+@pytest.mark.job  # starts Ray (a job or a driver) in a subprocess
 def test_sticky_cuda_error_restarts_the_actor(tmp_path, model_args, monkeypatch):
     marker = tmp_path / "sticky-fired"
     success, log = _job(tmp_path, model_args, f"sticky:{marker}", monkeypatch)

@@ -63,6 +63,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.job  # a driver with its own Ray in a subprocess
 def test_more_actors_than_the_cluster_places_finish_with_those_placed_and_warn(model_args, tmp_path):
     """4 actors asking {"slot": 1} on a Ray with 2 slots: 2 start, 2 stay pending and get no shard; the driver
     warns (what they ask, what ``ray status`` says is missing) and the run finishes with the 2."""
@@ -87,6 +88,7 @@ def test_more_actors_than_the_cluster_places_finish_with_those_placed_and_warn(m
 
 
 @pytest.mark.slow
+@pytest.mark.job
 def test_an_autoscaling_cluster_grows_the_pool_from_zero_workers(model_args, tmp_path):
     from tests.autoscaling_head import AutoscalingHead
 
@@ -107,6 +109,7 @@ def test_an_autoscaling_cluster_grows_the_pool_from_zero_workers(model_args, tmp
     assert CTOR_LINE not in log
 
 
+@pytest.mark.job  # a driver with its own Ray in a subprocess
 def test_a_restarted_actor_gets_its_text_embeddings(model_args, tmp_path):
     """One actor, SIGKILLed after it wrote its first part (its creation is long done; nothing the driver passed
     it is held for it): Ray restarts it, it reloads the text embeddings from the text cache, and every row,

@@ -48,7 +48,7 @@ def _output(kind: str, tmp_path, request) -> str:
     return f"s3://{bucket}/labels"
 
 
-@pytest.mark.parametrize("kind", ["local", "s3"])
+@pytest.mark.parametrize("kind", ["local", pytest.param("s3", marks=pytest.mark.job)])  # s3: the moto server
 def test_one_holder_among_racers_and_takeover_of_an_expired_lease(kind, tmp_path, request):
     output = _output(kind, tmp_path, request)
     won = _race(output, "cfg0", ttl=2.0)
