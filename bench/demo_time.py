@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import pathlib
 import platform
@@ -24,18 +23,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import List
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from bench.machine import key_cpu_flags, write_report  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 STAMP = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) pipeline\.model\.text INFO text embeddings: (.*)")
-
-
-def _cpu_flags() -> List[str]:
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":", 1)[1].split()
-    except (OSError, StopIteration):
-        return []
-    return [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
 
 
 def _stamp(s: str) -> float:
@@ -70,7 +63,7 @@ def main() -> None:
     text_lines = [(m.group(1), m.group(2)) for m in STAMP.finditer(output)]
     text_s = (_stamp(text_lines[-1][0]) - _stamp(text_lines[0][0])) if len(text_lines) > 1 else None
     report = dict(
-        machine=dict(platform=platform.platform(), cpus=os.cpu_count(), cpu_flags=_cpu_flags(),
+        machine=dict(platform=platform.platform(), cpus=os.cpu_count(), cpu_flags=key_cpu_flags(),
                      loadavg_before=load_before, loadavg_after=os.getloadavg(),
                      note="2-core box shared with other engineers: timings noisy"),
         repo=str(repo), commit=subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
@@ -83,11 +76,7 @@ def main() -> None:
         text_progress_lines_in_output=len(text_lines),
         text_log=[msg for _, msg in text_lines],
     )
-    text = json.dumps(report, indent=2)
-    print(text)
-    if a.out:
-        pathlib.Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(a.out).write_text(text + "\n")
+    write_report(report, a.out)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ import os
 import pathlib
 import platform
 import statistics
+import sys
 import time
-from typing import Callable, List
+from typing import Callable
 
 import numpy as np
 import torch
@@ -29,17 +30,12 @@ from PIL import Image
 from pipeline import ModelConfig, Segmenter, get_preset
 from pipeline.labels.segments import background_ids, row_segments
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from bench.machine import key_cpu_flags  # noqa: E402
+
 SAMPLES = pathlib.Path(__file__).resolve().parent.parent / "pipeline" / "data" / "samples"
 MODES = {"semantic": {}, "instances": {"instances": True}, "ignore-below": {"ignore_below": None},
          "instances + ignore-below": {"instances": True, "ignore_below": None}}  # None: the image's median
-
-
-def _cpu_flags() -> List[str]:
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":", 1)[1].split()
-    except (OSError, StopIteration):
-        return []
-    return [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
 
 
 def _median(fn: Callable[[], object], repeats: int) -> float:
@@ -81,7 +77,7 @@ def main() -> None:
         print(json.dumps(per_image[-1]), flush=True)
     summary = {name: round(statistics.median(p["encode"][name]["ms"] for p in per_image), 2) for name in MODES}
     report = dict(machine=dict(platform=platform.platform(), cpus=os.cpu_count(), threads=torch.get_num_threads(),
-                               cpu_flags=_cpu_flags(), torch=torch.__version__),
+                               cpu_flags=key_cpu_flags(), torch=torch.__version__),
                   arch=a.arch, preset="voc20", repeats=a.repeats, per_image=per_image,
                   median_encode_ms=summary,
                   median_segment_ms=statistics.median(p["segment_ms"] for p in per_image),

@@ -13,13 +13,12 @@ flags and load. The machine is shared: compare the two modes of one run, not run
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import platform
 import statistics
+import sys
 import time
-from typing import List
 
 import torch
 
@@ -27,16 +26,11 @@ from pipeline import ModelConfig
 from pipeline.model.clip import build_model, encode_text, text_read_positions, tokenizer_for
 from pipeline.model.vocabulary import Vocabulary, default_templates
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+from bench.machine import key_cpu_flags, write_report  # noqa: E402
+
 VOC = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "dining table", "dog",
        "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train", "television monitor"]
-
-
-def _cpu_flags() -> List[str]:
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":", 1)[1].split()
-    except (OSError, StopIteration):
-        return []
-    return [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
 
 
 @torch.no_grad()
@@ -89,7 +83,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     report = dict(
         machine=dict(platform=platform.platform(), cpus=os.cpu_count(), threads=torch.get_num_threads(),
-                     cpu_flags=_cpu_flags(), torch=torch.__version__, loadavg_before=load_before,
+                     cpu_flags=key_cpu_flags(), torch=torch.__version__, loadavg_before=load_before,
                      loadavg_after=os.getloadavg(), note="2-core box shared with other engineers: timings noisy"),
         arch=a.arch, weights="random (seed 0)", queries=vocab.num_queries, templates=len(vocab.templates),
         prompts=len(prompts), context_length=int(tokens.shape[1]),
@@ -102,11 +96,7 @@ def main() -> None:
                        query_unit_max_abs=float((after - before).abs().max()),
                        query_min_cosine=float((after * before).sum(-1).min())),
     )
-    text = json.dumps(report, indent=2)
-    print(text)
-    if a.out:
-        pathlib.Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(a.out).write_text(text + "\n")
+    write_report(report, a.out)
 
 
 if __name__ == "__main__":

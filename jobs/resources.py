@@ -205,6 +205,13 @@ def room_for(view: ClusterView, actor_ask: Dict[str, float], actors: int, read_c
     return "autoscaler" if adders else ""
 
 
+def room_beside(view: ClusterView, actor_ask: Dict[str, float], actors: int) -> bool:
+    """Whether the alive nodes hold ``actors`` actors and one more task of the same size together, the reads'
+    CPU budget set aside (the reads may wait for that task: it ends by itself). ``jobs.runner`` starts its
+    actors beside the prepare task only then, so that its own actors never keep that task from being placed."""
+    return view.within_budget(actor_ask, actors + 1, read_cpus=0.0) > actors
+
+
 def pending_demands() -> List[Tuple[Dict[str, float], int]]:
     """What the cluster lacks, as ``ray status`` shows it ("Pending Demands"): the resource shapes of tasks and
     actors waiting for a node, and how many of each (GCS ``cluster_resource_state``); [] when not available."""

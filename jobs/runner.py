@@ -211,10 +211,10 @@ def _check_pool(cfg: LabelJobConfig, seg_cfg) -> resources.PoolPlan:
     return plan
 
 
-def _dispatch(cfg: LabelJobConfig, seg_cfg) -> Dispatch:
-    """The pool's shape from the resource budget (checked again here: the cluster may have changed since the
-    check before planning)."""
-    pool = _check_pool(cfg, seg_cfg)
+def _dispatch(cfg: LabelJobConfig, seg_cfg, pool: Optional[resources.PoolPlan] = None) -> Dispatch:
+    """The pool's shape from the resource budget ``pool``; without it the budget is checked again here (the
+    cluster may have changed since the check before planning)."""
+    pool = pool or _check_pool(cfg, seg_cfg)
     read_options, actor_options = _pool_options(cfg, seg_cfg)
     every = float(os.environ.get("RESLABEL_PROGRESS_S", "30"))  # progress lines; pending-actor warnings after it
     return Dispatch(num_actors=pool.start, min_actors=pool.min_actors, max_actors=pool.max_actors,
@@ -294,7 +294,7 @@ def run_job(cfg: LabelJobConfig, *, segment_stage: type = SegmentStage) -> Dict:
             held = leases.enter_context(_acquire_lease(cfg, output, prep["provenance"]["job_hash"]))
             timings["lease_seconds"] = round(time.perf_counter() - t, 3)
             started = _init_ray(cfg, timings) or started
-            _check_pool(cfg, seg_cfg)  # the resource budget, before any work (refused: one `error:` line)
+            pool = _check_pool(cfg, seg_cfg)  # the resource budget, before any work (refused: one `error:` line)
             # the text embeddings: from the cache when it holds them (no model), else the prepare task — started
             # now, beside planning, when this run will surely have work (a resume, or the config's first run)
             preparing = _Preparing(cfg, output, seg_cfg, mc, vocab, prep["provenance"]["weights_digest"])
@@ -304,8 +304,10 @@ def run_job(cfg: LabelJobConfig, *, segment_stage: type = SegmentStage) -> Dict:
             if early:
                 preparing.start()
                 if preparing.target is not None:  # the actors load their models meanwhile (text: at first call)
-                    actors = _start_actors(cfg, prep, preparing.target, seg_cfg, mc, vocab, segment_stage)
-                    leases.callback(actors.kill)  # no-op once label_shards has taken them over and ended
+                    actors = _start_actors(cfg, _dispatch(cfg, seg_cfg, pool), prep, preparing.target, seg_cfg, mc,
+                                           vocab, segment_stage, needs_prepare=preparing.cached is None)
+                    if actors is not None:
+                        leases.callback(actors.kill)  # no-op once label_shards has taken them over and ended
             t = time.perf_counter()
             planner = Planner(InputOptions(cfg.bytes_column, cfg.id_column, cfg.uri_column),
                               RETRY_POLICIES[cfg.retry], cfg.s3_endpoint)
@@ -345,12 +347,19 @@ def run_job(cfg: LabelJobConfig, *, segment_stage: type = SegmentStage) -> Dict:
             ray.shutdown()
 
 
-def _start_actors(cfg: LabelJobConfig, prep: Dict, text_uri: str, seg_cfg, mc, vocab,
-                  segment_stage: type) -> Actors:
+def _start_actors(cfg: LabelJobConfig, dispatch: Dispatch, prep: Dict, text_uri: str, seg_cfg, mc, vocab,
+                  segment_stage: type, needs_prepare: bool) -> Optional[Actors]:
     """The segment actors, started before planning when the run will surely have work: each loads its model
     while the driver plans and the prepare task encodes the text, and reads the text embeddings from
-    ``text_uri`` at its first call (the driver writes them there before any call)."""
-    dispatch = _dispatch(cfg, seg_cfg)
+    ``text_uri`` at its first call (the driver writes them there before any call). None (they start later, as
+    usual) when the prepare task still has to run and the alive nodes cannot hold it beside them: an actor-sized
+    task is taken as its size (it asks for the actors' CPUs and at most one GPU)."""
+    if needs_prepare:  # the prepare task must fit beside them (the reads wait for it), else it could never start
+        view = resources.ClusterView.of_running_ray()
+        if not resources.room_beside(view, resources.ray_ask(dispatch.actor_options), dispatch.num_actors):
+            log.info("the segment actors start after the prepare task: the alive nodes (%s) cannot hold %d of "
+                     "them and the task together", view.describe(), dispatch.num_actors)
+            return None
     actors = Actors(segment_stage, _actor_kwargs(cfg, prep, text_uri, seg_cfg, mc, vocab), dispatch)
     log.info("started %d segment actor(s) while planning (models load meanwhile)", len(actors.slots))
     return actors
@@ -416,8 +425,8 @@ class _Preparing:
         log.info("preparing: model %s and the text embeddings of %d queries x %d templates (cache %s)",
                  self.mc.arch, self.vocab.num_queries, len(self.vocab.templates), self.cache_uri)
         cfg = self.cfg
-        task = ray.remote(max_calls=1)(_prepare).options(  # its worker exits after: the model's memory is freed
-            num_cpus=cfg.cpus_per_actor, num_gpus=min(cfg.gpus_per_actor, 1.0) or None)
+        self.options = dict(num_cpus=cfg.cpus_per_actor, num_gpus=min(cfg.gpus_per_actor, 1.0) or None)
+        task = ray.remote(max_calls=1)(_prepare).options(**self.options)  # its worker exits after: memory freed
         self.ref = task.remote(self.seg_cfg, self.mc, self.vocab, self.cache_uri, int(cfg.cpus_per_actor),
                                cfg.s3_endpoint)
 
@@ -427,6 +436,12 @@ class _Preparing:
         if self.cached is not None:
             return self.cached, self.target
         self.start()
+        every, t0 = float(os.environ.get("RESLABEL_PROGRESS_S", "30")), time.monotonic()
+        while not ray.wait([self.ref], timeout=every)[0]:  # a wait that says what it waits for
+            log.warning("waiting %.0f s for the prepare task (model + text embeddings), which asks for %s; the "
+                        "cluster lacks (ray status, pending demands): %s", time.monotonic() - t0,
+                        resources.fmt(resources.ray_ask(self.options)),
+                        resources.describe_demands(resources.pending_demands()))
         out, self.ref = ray.get(self.ref), None
         if out["weights_digest"] != self.weights_digest:
             raise JobError(f"weights {self.mc.weights or self.mc.pretrained}: the model was built from "

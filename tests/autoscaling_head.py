@@ -13,14 +13,13 @@ import os
 import pathlib
 import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from typing import Dict, List, Optional
 
-from tests.crash_helpers import REPO, descendants, kill_pids
-from tests.ray_head import VENV_BIN, free_port
+from tests.crash_helpers import REPO
+from tests.ray_head import VENV_BIN, free_port, kill_head
 
 
 def fake_cluster_config(gcs_address: str, head_cpus: int, worker_type: str, worker_resources: Dict[str, float],
@@ -105,14 +104,7 @@ class AutoscalingHead:
         return "\n".join(p.read_text(errors="replace")[-4000:] for p in logs)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            family = descendants(self.proc.pid)
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            kill_pids(family + descendants(self.proc.pid))
-            self.proc.wait(timeout=30)
+        kill_head(self.proc)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def wait_for_autoscaler(self, timeout: float = 120) -> None:

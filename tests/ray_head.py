@@ -106,12 +106,19 @@ class RayHead:
         return self.cli("job", "logs", submission_id).stdout
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            family = descendants(self.proc.pid)
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            kill_pids(family)
-            self.proc.wait(timeout=30)
+        kill_head(self.proc)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def kill_head(proc: Optional[subprocess.Popen]) -> None:
+    """SIGKILL a ``ray start --head --block`` process group and every process it started (also those that
+    left the group), then reap it. No ``ray stop``: other Ray instances on the machine are not touched."""
+    if proc is None or proc.poll() is not None:
+        return
+    family = descendants(proc.pid)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    kill_pids(family + descendants(proc.pid))
+    proc.wait(timeout=30)

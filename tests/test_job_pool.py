@@ -144,7 +144,7 @@ def test_a_restarted_actor_gets_its_text_embeddings(model_args, tmp_path):
 
 def test_budget_rules_on_cluster_views():
     """``jobs.resources.check_budget`` and ``room_for`` on cluster views as Ray reports them (no Ray needed)."""
-    from jobs.resources import BudgetError, ClusterView, NodeType, check_budget, node_types, room_for
+    from jobs.resources import BudgetError, ClusterView, NodeType, check_budget, node_types, room_beside, room_for
 
     head = {"CPU": 2.0, "memory": 8e9}
     one_cpu = {"CPU": 1.0}
@@ -152,6 +152,10 @@ def test_budget_rules_on_cluster_views():
     with pytest.raises(BudgetError, match="leave 0 for the read tasks"):
         check_budget(fixed, one_cpu, 2, 2)
     assert check_budget(fixed, one_cpu, 1, 2).start == 1  # the elastic pool starts with what fits next to reads
+    # actors started beside the prepare task (the reads wait for it), never around it: 1 + 1 on 2 CPUs fit; two
+    # 1.5-CPU actors on 4 CPUs leave 1 for reads but not 1.5 for the task, so they start after it
+    assert room_beside(fixed, one_cpu, 1)
+    assert not room_beside(ClusterView([{"CPU": 4.0}]), {"CPU": 1.5}, 2)
     assert check_budget(fixed, {"CPU": 0.5}, 2, 2).read_cpus_left == 1.0
     slot = {"CPU": 0.5, "slot": 1.0}
     plan = check_budget(ClusterView([{**head, "slot": 2.0}]), slot, 4, 4)
