@@ -119,7 +119,11 @@ def _init_ray(cfg: LabelJobConfig, timings: Dict[str, float]) -> bool:
         return False
     t = time.perf_counter()
     address = _cluster_address(cfg)
-    ray.init(address=address) if address else ray.init(address="local")
+    if address:
+        ray.init(address=address)
+    else:  # the local Ray of this one job: no dashboard (its ~10 processes cost 2-3 CPU-seconds per start; to
+        # watch a local run there, start Ray with `ray start --head` and pass --ray-address, docs/job.md)
+        ray.init(address="local", include_dashboard=False)
     timings["ray_start_seconds"] = round(timings.get("ray_start_seconds", 0.0) + time.perf_counter() - t, 3)
     return True
 
