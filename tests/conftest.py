@@ -18,16 +18,31 @@ TINY_ARCH = str(TESTS / "data" / "tiny-vit.json")
 
 os.environ.setdefault("RAY_ACCEPT_CLUSTER_SIDE_EFFECTS", "1")
 
-# Tiers (docs/job.md "Tests"): a test that uses one of these fixtures starts Ray or an S3 server and is marked
-# ``job`` here, so ``pytest -m "not job and not slow"`` runs the pure-unit tier alone. New job-level tests are
-# marked by using the fixtures; a test that starts Ray or a job some other way marks itself (pytest.mark.job).
+# Tiers (ARCHITECTURE.md, the paragraph on tests): a test that uses one of these fixtures starts Ray or an S3
+# server and is marked ``job`` here, so ``pytest -m "not job and not slow"`` runs the pure-unit tier alone. New
+# job-level tests are marked by using the fixtures; a test that starts Ray or a job some other way marks itself
+# (pytest.mark.job).
 JOB_FIXTURES = frozenset({"ray_local", "moto_endpoint"})
+
+
+def _tier(item) -> int:
+    """0: slow (crash scenarios, clusters, the real ViT-B/16 shape), 1: job, 2: pure unit."""
+    return 0 if item.get_closest_marker("slow") else 1 if item.get_closest_marker("job") else 2
 
 
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if JOB_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.job)
+    # Longest first: scripts/test.sh runs the suite on 2 pytest-xdist workers that each take the next test (or
+    # xdist_group) in this order, so the slow and job tiers start first and the many short unit tests fill in at
+    # the end instead of one long test running alone. Modules stay contiguous (their module-scoped fixtures
+    # are set up once per worker); within a module, the order is the file's.
+    first: dict = {}
+    for i, item in enumerate(items):
+        key = item.nodeid.split("::", 1)[0]
+        first[key] = min(first.get(key, (3, i)), (_tier(item), i))
+    items.sort(key=lambda item: first[item.nodeid.split("::", 1)[0]])
 
 
 def make_openclip_model(arch: str, seed: int = 0):

@@ -141,10 +141,21 @@ def expected_status_by_name() -> Dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def model_args(tiny_arch, tiny_weights, tiny_vocab_file, tiny_templates_file) -> List[str]:
+def model_args(tiny_arch, tiny_weights, tiny_vocab_file, tiny_templates_file, tmp_path_factory) -> List[str]:
+    """The tiny model's job options. ``--text-cache`` is one folder for the session (per xdist worker), so the
+    text embeddings of this config are encoded by the first job only and later jobs read them from the cache
+    (docs/job.md): that saves each job a prepare task (a worker process that imports torch and open_clip and
+    builds the model, ~4.6 CPU-s). Tests of the first-run path drop it with ``own_text_cache``."""
     return ["--preset", "voc21", "--model", tiny_arch, "--weights", tiny_weights, "--vocabulary", tiny_vocab_file,
             "--templates", tiny_templates_file, "--max-pixels", str(MAX_PIXELS), "--shard-size", "4",
-            "--images-per-call", "4", "--read-threads", "4"]
+            "--images-per-call", "4", "--read-threads", "4", "--text-cache", str(tmp_path_factory.mktemp("text"))]
+
+
+def own_text_cache(args: List[str]) -> List[str]:
+    """``args`` without the session's ``--text-cache``: the job caches under OUTPUT/_text_cache, so a new output
+    is the config's first run (its prepare task runs), and a multi-node job is not refused a local cache path."""
+    i = args.index("--text-cache")
+    return args[:i] + args[i + 2:]
 
 
 def run_cli(args: List[str]) -> dict:

@@ -178,7 +178,7 @@ def test_run_started_while_one_labels_never_takes_it_over(mode, ray_local, model
 def test_sigkilled_drivers_lease_expires_then_its_run_is_resumed(ray_local, model_args, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     _images(src, 20)
-    argv = _local_recipe(model_args, src, out) + ["--lease-ttl", "20"]
+    argv = _local_recipe(model_args, src, out) + ["--lease-ttl", "10"]
     proc = _spawn(argv, tmp_path / "killed.log")
     try:
         deadline = time.time() + 300

@@ -13,6 +13,7 @@ from tests.job_fixtures import (
     assert_masks_match_inprocess,
     committed_rows,
     expected_status_by_name,
+    own_text_cache,
     run_cli,
     sample_files,
 )
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_images_end_to_end_then_incremental(ray_local, image_dir, model_args, tmp_path):
+    model_args = own_text_cache(model_args)  # the text cache under the output: s1 is the config's first run
     src = tmp_path / "in"
     shutil.copytree(image_dir, src)
     late = {n: sample_files()[n] for n in ("coffee.webp", "pixel.bmp")}

@@ -16,10 +16,10 @@ import pytest
 
 from jobs import storage
 from tests.crash_helpers import finish, launch, write_images
-from tests.job_fixtures import committed_rows, s3_client, upload_dir
+from tests.job_fixtures import committed_rows, own_text_cache, s3_client, upload_dir
 from tests.ray_head import free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("multinode_cluster")]  # module fixture: one worker
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_s3_run_survives_a_removed_worker_node(cluster, moto_endpoint, model_arg
     s3 = s3_client(moto_endpoint)
     for key, path in (("models/tiny.pt", tiny_weights), ("vocab/v.txt", tiny_vocab_file)):
         s3.put_object(Bucket=bucket, Key=key, Body=pathlib.Path(path).read_bytes())
-    args = list(model_args)
+    args = own_text_cache(model_args)  # a local cache path would be refused on 3 nodes: the cache goes to S3
     args[args.index("--weights") + 1] = f"s3://{bucket}/models/tiny.pt"
     args[args.index("--vocabulary") + 1] = f"s3://{bucket}/vocab/v.txt"  # the templates stay a local file:
     out = f"s3://{bucket}/labels"  # small files are read by the driver and shipped, so that is allowed

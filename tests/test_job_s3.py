@@ -14,6 +14,7 @@ from tests.job_fixtures import (
     assert_masks_match_inprocess,
     committed_rows,
     expected_status_by_name,
+    own_text_cache,
     run_cli,
     s3_client,
     sample_files,
@@ -31,7 +32,7 @@ def test_s3_in_and_out(ray_local, moto_endpoint, image_dir, model_args, tiny_wei
     for key, path in (("models/tiny.pt", tiny_weights), ("vocab/v.txt", tiny_vocab_file),
                       ("vocab/t.txt", tiny_templates_file)):
         c.put_object(Bucket=bucket, Key=key, Body=pathlib.Path(path).read_bytes())
-    args = list(model_args)
+    args = own_text_cache(model_args)  # the text cache goes to the S3 output (checked below)
     for flag, key in (("--weights", "models/tiny.pt"), ("--vocabulary", "vocab/v.txt"), ("--templates", "vocab/t.txt")):
         args[args.index(flag) + 1] = f"s3://{bucket}/{key}"
     out = f"s3://{bucket}/labels"

@@ -20,7 +20,7 @@ from tests.crash_helpers import REPO, write_images
 from tests.job_fixtures import committed_rows, s3_client, upload_dir
 from tests.ray_head import RayHead
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("job_server")]  # module fixture: one worker
 RECIPE_HARDWARE = "--num-actors 4 --gpus-per-actor 1 --cpus-per-actor 2 --dtype fp16 --images-per-call 8"
 TEST_HARDWARE = ("--num-actors 1 --gpus-per-actor 0 --cpus-per-actor 1 --dtype fp32 --images-per-call 4 "
                  "--model tests/data/tiny-vit.json --shard-size 4 --s3-endpoint {endpoint}")

@@ -13,7 +13,7 @@ import pytest
 from jobs.labeler import Labeler
 from tests.job_fixtures import MAX_PIXELS, committed_rows, expected_status_by_name, run_cli
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("labeler_rows")]  # module fixture: one worker
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RUN_FIELDS = ("run_id", "labeled_at")  # name the run and the time, not the labels
 
