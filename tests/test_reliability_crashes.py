@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.crash_helpers import actor_pids, committed_names, finish, kill_driver_at, kill_pids, launch, write_images
-from tests.job_fixtures import committed_rows, run_cli
+from tests.job_fixtures import committed_rows, own_text_cache, run_cli
 
 pytestmark = pytest.mark.slow
 ACTOR_KILLS = 3
@@ -55,7 +55,8 @@ def test_actor_sigkilled_three_times(ray_local, model_args, tmp_path):
 def test_driver_sigkilled_and_resumed(model_args, tmp_path):
     names = write_images(tmp_path / "in", 48, seed=2)
     out = tmp_path / "out"
-    args = ["--input", str(tmp_path / "in"), "--output", str(out), *model_args, "--shard-size", "4",
+    # the text cache under the output: the first launches run the prepare task, so kills land in it too
+    args = ["--input", str(tmp_path / "in"), "--output", str(out), *own_text_cache(model_args), "--shard-size", "4",
             "--run-id", "crash-run", "--if-running", "wait", "--lease-ttl", "5"]  # a killed driver's lease expires
     rng = random.Random(7)
 
