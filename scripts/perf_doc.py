@@ -158,9 +158,28 @@ def label_options() -> str:
     return _table(["per image (median of the sample images)", "ms", "next to the segment stage"], rows)
 
 
+def suite() -> str:
+    """``bench/test_suite.py --checkout``: the README's test command of the checkout (before), then of this code."""
+    d = _load("test_suite.json")
+    rows = []
+    for name, label in (("before", "before"), ("after", "after"), ("unit_tier", "after, unit tier alone")):
+        if name not in d:
+            continue
+        r = d[name]
+        t = r["tests"]
+        rows.append([label, f"`{r['commit']}`", r["workers"] or "1 process", t["passed"], t["failed"] + t["error"],
+                     f"{r['seconds']:.0f}", f"{r['command_seconds']:.0f}", f"{r['test_seconds_sum']:.0f}",
+                     r["load_average_before"][0]])
+    table = _table(["run", "commit", "pytest workers", "passed", "failed", "pytest s (`N passed in S`)",
+                    "whole command s", "sum of test s", "load avg at start"], rows)
+    slow = "; ".join(f"{x['test'].split('::')[-1]} {x['seconds']:.0f} s" for x in d["after"]["slowest_15"][:6])
+    return table + f"\n\nSlowest tests of the `after` run (setup + call + teardown, on a busy worker): {slow}."
+
+
 RENDERERS: Dict[str, Callable[[], str]] = {
     "index": index, "core": core, "bf16": bf16, "job": job, "decode": decode, "plan": plan,
     "label-scale": label_scale, "label-options": label_options, "startup": startup, "noop": noop,
+    "suite": suite,
 }
 
 
