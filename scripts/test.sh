@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command of README.md and .ci/run: install (if needed), lint (ruff, config in pyproject.toml), then run
-# the whole suite on RESLABEL_TEST_WORKERS pytest-xdist workers (default 2: the suite waits on Ray start-up and
-# subprocess jobs as much as it computes; tests/conftest.py orders it longest tier first). RESLABEL_TEST_WORKERS=0
+# the whole suite on RESLABEL_TEST_WORKERS pytest-xdist workers (default 2, one per core of the CI machine: the
+# suite is CPU-bound, docs/performance.md; tests/conftest.py orders it longest tier first). RESLABEL_TEST_WORKERS=0
 # runs it in this one process (pdb, -s). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
