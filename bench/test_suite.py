@@ -71,10 +71,12 @@ def read_junit(path: pathlib.Path) -> Dict[str, object]:
 UNIT_TIER = [".venv/bin/python", "-m", "pytest", "-q", "-m", "not job and not slow"]  # README: the edit-test loop
 
 
-def run_suite(code: pathlib.Path, extra: List[str], command: Optional[List[str]] = None) -> Dict[str, object]:
-    """``command`` (default ``bash scripts/test.sh``) in checkout ``code``; its JUnit numbers plus the command's
-    own wall time."""
-    command = command or ["bash", "scripts/test.sh"]
+def run_suite(code: pathlib.Path, extra: List[str], command: Optional[List[str]] = None,
+              workers: Optional[int] = None) -> Dict[str, object]:
+    """``command`` (default ``bash scripts/test.sh``, whose workers ``_workers`` reads) in checkout ``code``; its
+    JUnit numbers plus the command's own wall time."""
+    if command is None:
+        command, workers = ["bash", "scripts/test.sh"], _workers(code)
     with tempfile.TemporaryDirectory(prefix="reslabel-suite-") as tmp:
         junit = pathlib.Path(tmp) / "junit.xml"
         load_before = os.getloadavg()
@@ -86,7 +88,6 @@ def run_suite(code: pathlib.Path, extra: List[str], command: Optional[List[str]]
                              f"{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
         out = read_junit(junit)
     summary = next((ln for ln in reversed(proc.stdout.splitlines()) if " in " in ln and "passed" in ln), "")
-    workers = _workers(code) if command[0] == "bash" else 0
     return {"commit": _git_head(code), "command": " ".join(command), "workers": workers,
             "exit_code": proc.returncode, "command_seconds": round(wall, 1), **out, "pytest_summary": summary.strip(),
             "load_average_before": [round(x, 2) for x in load_before],
@@ -105,7 +106,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         report["before"] = run_suite(pathlib.Path(a.checkout).resolve(), a.pytest_args)
     report["after"] = run_suite(ROOT, a.pytest_args)
     if a.unit_tier:
-        report["unit_tier"] = run_suite(ROOT, a.pytest_args, UNIT_TIER)
+        report["unit_tier"] = run_suite(ROOT, a.pytest_args, UNIT_TIER, workers=0)
     report["measured_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     write_report(report, a.out)
     runs = [report[k] for k in ("before", "after", "unit_tier") if k in report]
